@@ -1,0 +1,1 @@
+//! tunstack: a userspace TCP/IP stack on a Linux TUN device.

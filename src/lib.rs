@@ -1,1 +1,22 @@
 //! tunstack: a userspace TCP/IP stack on a Linux TUN device.
+//!
+//! Layers, bottom up; a layer only ever uses the ones below it:
+//!
+//! - [`time`], [`rand`]: time as a value and the injected random source.
+//! - [`wire`]: packet formats, parse and emit, no state.
+//! - [`ip`]: IPv4 validation, reassembly, ICMP, and the transmit queue ([`ip::Tx`]).
+//! - [`tcp`], [`msg`] (protocol 170), [`file`] (protocol 171): transports, as sans-IO state machines.
+//! - [`stack`]: one node's layers composed; takes packets and `now`, gives packets and a deadline.
+//! - [`impair`], [`sim`]: the impairment engine and the deterministic simulator built on it.
+//! - `device`, `driver`, `cli`: the only code that touches the TUN device, clocks, sockets and files.
+
+pub mod file;
+pub mod impair;
+pub mod ip;
+pub mod msg;
+pub mod rand;
+pub mod sim;
+pub mod stack;
+pub mod tcp;
+pub mod time;
+pub mod wire;

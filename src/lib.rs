@@ -1,1 +1,3 @@
 //! tunstack: a userspace TCP/IP stack on a Linux TUN device.
+
+pub mod device;

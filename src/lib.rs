@@ -10,11 +10,14 @@
 //! - [`impair`], [`sim`]: the impairment engine and the deterministic simulator built on it.
 //! - `device`, `driver`, `cli`: the only code that touches the TUN device, clocks, sockets and files.
 
+pub mod cli;
 pub mod device;
+pub mod driver;
 pub mod file;
 pub mod impair;
 pub mod ip;
 pub mod msg;
+pub mod node;
 pub mod rand;
 pub mod sim;
 pub mod stack;

@@ -1,0 +1,75 @@
+//! `tunstack ctl`: one command to a running node over its control socket.
+
+use super::stack_opts::default_control_path;
+use super::CliError;
+use clap::Args;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Commands: status [--json], ping IP [-c N] [-s SIZE] [-i SECONDS], help\n\n\
+Examples:\n  tunstack ctl --node demo status\n  tunstack ctl --control /run/tunstack/demo.sock status --json\n  \
+tunstack ctl --node demo ping 198.18.0.1 -c 3"
+)]
+pub struct CtlArgs {
+    /// Name of the node (its socket is /run/tunstack/NAME.sock)
+    #[arg(long, value_name = "NAME", conflicts_with = "control")]
+    pub node: Option<String>,
+
+    /// Path of the node's control socket
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// The command and its arguments, e.g. `status --json`
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+pub fn run(args: CtlArgs) -> Result<i32, CliError> {
+    let path = match (&args.control, &args.node) {
+        (Some(p), _) => p.clone(),
+        (None, Some(n)) => default_control_path(n),
+        (None, None) => return Err(CliError(
+            "say which node: --node NAME or --control PATH (ls /run/tunstack lists running nodes)"
+                .into(),
+        )),
+    };
+    let mut s = UnixStream::connect(&path).map_err(|e| {
+        CliError(format!(
+            "cannot reach the node at {}: {e}\n  hint: is the node running? (ls /run/tunstack)",
+            path.display()
+        ))
+    })?;
+    let line = serde_json::to_string(&args.command)?;
+    s.write_all(line.as_bytes())?;
+    s.write_all(b"\n")?;
+    // Stream the answer as it comes (ping prints line by line); remember whether it was an error.
+    let mut buf = [0u8; 8192];
+    let mut first = Vec::new();
+    let mut out = std::io::stdout();
+    let mut failed = None;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if failed.is_none() {
+            first.extend_from_slice(&buf[..n]);
+            if first.len() >= 7 || first.contains(&b'\n') {
+                failed = Some(first.starts_with(b"error: "));
+            }
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
+    let failed = failed.unwrap_or_else(|| first.starts_with(b"error: "))
+        || first.windows(8).any(|w| w == b"\nerror: ");
+    Ok(if failed { 1 } else { 0 })
+}

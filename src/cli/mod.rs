@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node on a TUN device: answers ping, runs services, offers a console
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Talk to a running node through its control socket
     Ctl(ctl::CtlArgs),
 }
@@ -58,7 +58,7 @@ pub fn main() -> i32 {
         .format_timestamp_millis()
         .init();
     let result = match cli.command {
-        Command::Node(a) => node::run(a),
+        Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
     };
     match result {

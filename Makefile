@@ -1,0 +1,81 @@
+# tunstack developer entry points. `make help` lists them.
+
+CARGO ?= cargo
+TOPO ?= pair
+SETUP := netns-scripts/setup-netns.sh
+
+# Tools the netns tests and the demo call; installed by `make deps` when root.
+DEPS_PKGS := iproute2 tcpdump nftables tshark iputils-ping netcat-openbsd python3 procps
+
+.PHONY: help build test unit-test netns-test demo lab lab-down deps fmt lint bench bench-smoke fuzz
+
+help:
+	@echo "targets: build test unit-test netns-test demo lab [TOPO=pair|line|'star N'] lab-down"
+	@echo "         deps fmt lint bench bench-smoke fuzz"
+
+build:
+	$(CARGO) build --release
+
+test: deps unit-test netns-test
+
+unit-test:
+	$(CARGO) test --release
+
+# The netns tests drive target/release/tunstack, so build it first.
+netns-test: build
+	bash tests/netns/run-all.sh
+
+demo: deps build
+	bash netns-scripts/demo.sh
+
+lab:
+	bash $(SETUP) up $(TOPO)
+
+lab-down:
+	bash $(SETUP) down
+
+# Installs only what is missing, without questions: tshark's "may non-root
+# users capture?" debconf prompt is answered "no" beforehand.
+deps:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "deps: not root, skipping package installation (needed: $(DEPS_PKGS))"; \
+	elif ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "deps: no dpkg/apt-get here, skipping (needed: $(DEPS_PKGS))"; \
+	else \
+		missing=""; \
+		for p in $(DEPS_PKGS); do \
+			dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+		done; \
+		if [ -z "$$missing" ]; then \
+			echo "deps: all present"; \
+		else \
+			echo "deps: installing$$missing"; \
+			echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -q --no-install-recommends $$missing; \
+		fi; \
+	fi
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@if command -v shellcheck >/dev/null 2>&1; then \
+		shellcheck -x .ci/run netns-scripts/*.sh tests/netns/*.sh; \
+	else \
+		echo "lint: shellcheck not installed, shell scripts not checked"; \
+	fi
+
+# TODO: side-by-side throughput benchmark (tunstack vs kernel TCP) in namespaces.
+bench:
+	@echo "bench: not yet implemented"
+
+# TODO: a seconds-long bench run for CI that only checks the harness works.
+bench-smoke:
+	@echo "bench-smoke: not yet implemented"
+
+# TODO: cargo-fuzz targets for the wire parsers.
+fuzz:
+	@echo "fuzz: not yet implemented"

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Foundation: the node's own features against the kernel in a `pair` lab.
+#
+# - `ctl ping` from the node to the kernel, with RTTs;
+# - `--pcap` captures both directions, readable by tcpdump;
+# - SIGTERM stops the node with exit code 0 and removes its control socket;
+# - errors a user meets: device busy, not root (as user nobody);
+# - `--impair` drops packets both ways and `ctl status --json` counts it;
+# - the interactive console on a real terminal: help, status, ping, quit.
+set -euo pipefail
+# shellcheck source=tests/netns/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+require_root
+require_cmd ping tcpdump python3
+require_tunstack
+
+lab_up pair
+
+# ------------------------------------------------ node-side ping and pcap
+PCAP=$TS_TMP/node.pcap
+start_node "$NS_A" --tun tun0 --addr 198.18.0.2/24 --name fnode --pcap "$PCAP"
+log "node pings the kernel"
+ctl ping 198.18.0.1 -c 3 -i 0.2 >"$TS_TMP/ctlping" || {
+	cat "$TS_TMP/ctlping" >&2
+	fail "ctl ping failed"
+}
+grep -q "3 packets transmitted, 3 received" "$TS_TMP/ctlping" || fail "ctl ping: expected 3 replies: $(cat "$TS_TMP/ctlping")"
+grep -Eq "time=[0-9.]+ ms" "$TS_TMP/ctlping" || fail "ctl ping printed no RTT"
+ip netns exec "$NS_A" ping -n -c 2 -i 0.2 -W 2 198.18.0.2 >/dev/null || fail "kernel ping failed"
+ctl status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+icmp = s["ip"]["icmp"]
+assert icmp["echo_requests_out"] == 3 and icmp["echo_replies_in"] == 3, icmp
+assert icmp["echo_requests_in"] == 2 and icmp["echo_replies_out"] == 2, icmp
+' || fail "ICMP counters are off"
+
+log "device busy: a second node on the same tun0"
+if ip netns exec "$NS_A" "$TUNSTACK" node --no-console --tun tun0 --addr 198.18.0.3/24 \
+	--control "$TS_TMP/busy.sock" >"$TS_TMP/busy.out" 2>&1; then
+	fail "a second node on a busy device should fail"
+fi
+grep -qi "busy" "$TS_TMP/busy.out" || fail "busy error unclear: $(cat "$TS_TMP/busy.out")"
+grep -q "hint:" "$TS_TMP/busy.out" || fail "busy error has no hint"
+
+log "SIGTERM stops the node cleanly"
+kill -TERM "$NODE_PID"
+rc=0
+wait "$NODE_PID" || rc=$?
+[[ $rc -eq 0 ]] || fail "node exited with $rc after SIGTERM"
+[[ ! -e $NODE_CTL ]] || fail "control socket $NODE_CTL left behind"
+
+log "the capture holds both directions"
+tcpdump -nr "$PCAP" icmp >"$TS_TMP/pcap.txt" 2>/dev/null || fail "tcpdump cannot read $PCAP"
+grep -q "198.18.0.2 > 198.18.0.1: ICMP echo request" "$TS_TMP/pcap.txt" || fail "capture lacks the node's requests"
+grep -q "198.18.0.1 > 198.18.0.2: ICMP echo reply" "$TS_TMP/pcap.txt" || fail "capture lacks the kernel's replies"
+grep -q "198.18.0.2 > 198.18.0.1: ICMP echo reply" "$TS_TMP/pcap.txt" || fail "capture lacks the node's replies"
+[[ $(wc -l <"$TS_TMP/pcap.txt") -eq 10 ]] || fail "expected 10 ICMP packets in the capture, got $(wc -l <"$TS_TMP/pcap.txt")"
+
+log "not root: a readable error"
+if command -v setpriv >/dev/null 2>&1; then
+	if ip netns exec "$NS_A" setpriv --reuid=65534 --regid=65534 --clear-groups \
+		"$TUNSTACK" node --no-console --tun tsnr0 --addr 198.18.0.3/24 \
+		--control "$TS_TMP/nr.sock" >"$TS_TMP/nr.out" 2>&1; then
+		fail "an unprivileged node should fail"
+	fi
+	grep -q "root" "$TS_TMP/nr.out" || fail "not-root error unclear: $(cat "$TS_TMP/nr.out")"
+else
+	log "setpriv missing: not-root check skipped"
+fi
+
+# ----------------------------------------------------------- impairment
+log "--impair loss=30% both ways is counted"
+start_node "$NS_A" --tun tun0 --addr 198.18.0.2/24 --name fimpair --impair "loss=30%,delay=5ms,seed=11"
+ip netns exec "$NS_A" ping -n -c 100 -i 0.01 -W 1 198.18.0.2 >"$TS_TMP/imping" 2>&1 || true
+received=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$TS_TMP/imping")
+log "with 30% loss each way: $received/100 replies"
+((received > 25 && received < 75)) || fail "expected about 49 replies with 30% loss each way, got $received"
+grep -Eq "time=[5-9]\.|time=1[0-9]\." "$TS_TMP/imping" || fail "the 5 ms delay each way does not show in the RTT"
+ctl status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+i, o = s["impair"]["in"]["counters"], s["impair"]["out"]["counters"]
+assert i["packets"] == 100 and 15 < i["dropped"] < 45, i
+assert o["dropped"] > 0 and o["delayed"] > 0, o
+' || fail "impairment counters are off: $(ctl status --json)"
+interrupt "$NODE_PID"
+
+# --------------------------------------------------------------- console
+log "the console on a terminal"
+python3 "$(dirname "${BASH_SOURCE[0]}")/console.py" "$NS_A" "$TUNSTACK" \
+	--tun tun0 --addr 198.18.0.2/24 --name fconsole --control "$TS_TMP/console.sock" \
+	>"$TS_TMP/console.out" 2>&1 || {
+	cat "$TS_TMP/console.out" >&2
+	fail "console session failed"
+}
+[[ ! -e $TS_TMP/console.sock ]] || fail "console node left its socket"
+
+pass

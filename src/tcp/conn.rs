@@ -1084,8 +1084,9 @@ impl Conn {
         self.recover = self.snd_max;
         self.snd_nxt = self.snd_una;
         self.rexmit_next = self.snd_una;
-        // RFC 2018 section 8: the receiver may have reneged; start the scoreboard afresh.
-        self.sacked.clear();
+        // The scoreboard is kept (as Linux does, against RFC 2018 section 8's advice): the
+        // go-back-N resend skips SACKed data instead of repeating a whole window. A peer that
+        // reneges is still served, by the next timeout of the byte at SND.UNA.
     }
 
     // ----- output -----

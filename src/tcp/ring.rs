@@ -90,11 +90,9 @@ impl Ring {
     pub fn consume(&mut self, n: usize) -> usize {
         let n = n.min(self.len);
         self.head = (self.head + n) % self.buf.len().max(1);
+        // The head must not jump back to 0 when the queue empties: out-of-order data may sit in
+        // the free space, placed relative to the current end.
         self.len -= n;
-        if self.len == 0 {
-            // Keeps later writes contiguous, which makes copies a single memcpy more often.
-            self.head = 0;
-        }
         n
     }
 

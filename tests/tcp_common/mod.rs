@@ -162,8 +162,8 @@ pub fn transfer_with(
             tcp(sim, b).counters().clone(),
         );
     }
-    assert!(fab.received == fab.data, "a->b stream differs");
-    assert!(fba.received == fba.data, "b->a stream differs");
+    check_stream("a->b", &fab);
+    check_stream("b->a", &fba);
     let t = tcp(sim, a);
     t.close(ca);
     if let Some(hb) = cb {
@@ -179,4 +179,17 @@ pub fn transfer_with(
 
 pub fn goodput_mbit(bytes: usize, d: Duration) -> f64 {
     bytes as f64 * 8.0 / d.as_secs_f64() / 1e6
+}
+
+#[track_caller]
+pub fn check_stream(name: &str, f: &Flow) {
+    if f.received != f.data {
+        let first = f.received.iter().zip(&f.data).position(|(x, y)| x != y);
+        panic!(
+            "{name} stream differs: received {} of {} bytes, first difference at {:?}",
+            f.received.len(),
+            f.data.len(),
+            first
+        );
+    }
 }

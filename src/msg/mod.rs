@@ -1,24 +1,1287 @@
-//! Protocol 170: reliable messages. Placeholder: the implementation lands with its issue.
+//! Protocol 170: reliable messages and peer discovery, as a sans-IO state machine.
+//!
+//! Each pair of nodes runs a *session* named by both boot epochs. Within it, each direction is a
+//! stream of segments numbered by `seq`; a message is one or more segments (FIRST..LAST). The
+//! sender keeps a sliding window of segments in flight, retransmits on a per-segment timer
+//! (RFC 6298 estimate, multiplied by `backoff` per try) or early when three later segments are
+//! selectively acknowledged, and reports `Delivered` once the cumulative ACK passes the last
+//! segment of a message (which means the receiver handed it to its application) or `Failed`
+//! after `max_retries` retransmissions.
+//!
+//! Restart rules (see `docs/protocols.md`):
+//! - A packet whose sender epoch is higher than the one we know means the peer restarted: we drop
+//!   our receive state for it and renumber everything not yet delivered into a new stream (SYN).
+//! - A packet whose sender epoch is lower is from a previous life of the peer and is dropped.
+//! - DATA must name our current epoch; otherwise it was meant for our previous life (or the
+//!   sender does not know us yet) and we answer with a HELLO so the sender learns our epoch.
+//!
+//! Method kinds: `send_message`/`add_peer`/`discover` are commands, `handle_packet` is input,
+//! `poll` sends what is ready and runs timers, `poll_event` drains outcomes, `poll_at` is the
+//! next deadline.
 
-use crate::ip::{IpPacket, Transport, Tx};
+pub mod wire;
+
+use crate::ip::{IcmpError, IpPacket, Transport, Tx};
 use crate::rand::Rng;
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use wire::{flags, ty, AckRepr, Header, HelloRepr, WireError, HEADER_LEN};
 
-#[derive(Clone, Debug, Default)]
-pub struct MsgConfig {}
+/// The IP protocol number.
+pub const PROTOCOL: u8 = 170;
+
+#[derive(Clone, Debug)]
+pub struct MsgConfig {
+    pub node_name: String,
+    /// 0 picks a random id from the stack's seed.
+    pub node_id: u64,
+    /// Must grow across restarts of the same node (the driver uses a persisted counter or the
+    /// boot time). 0 is reserved for "unknown" and is replaced by 1.
+    pub boot_epoch: u64,
+    /// Retransmissions of a segment (or HELLOs to a silent peer) before giving up.
+    pub max_retries: u32,
+    /// Each retransmission waits this many times longer than the previous one.
+    pub backoff: f64,
+    /// The retransmission timeout before any RTT has been measured.
+    pub initial_rto: Duration,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    /// How often known peers are sent a HELLO.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is suspect, then dead.
+    pub suspect_after: Duration,
+    pub dead_after: Duration,
+    /// Addresses to greet at start.
+    pub peers: Vec<Ipv4Addr>,
+    /// Discovery probes per second.
+    pub discover_rate: u32,
+    /// Messages not yet delivered, per peer and in total.
+    pub max_pending: usize,
+    pub max_pending_total: usize,
+    /// Segments in flight per peer, and how far ahead of the next expected one a receiver buffers.
+    pub window: u32,
+    pub max_peers: usize,
+    /// Largest `content` accepted, in bytes.
+    pub max_message_len: usize,
+    /// Addresses waiting to be probed by `discover` (a /16 fits).
+    pub max_probe_queue: usize,
+}
+
+impl Default for MsgConfig {
+    fn default() -> MsgConfig {
+        MsgConfig {
+            node_name: String::from("node"),
+            node_id: 0,
+            boot_epoch: 1,
+            max_retries: 5,
+            backoff: 1.5,
+            initial_rto: Duration::from_millis(500),
+            min_rto: Duration::from_millis(50),
+            max_rto: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(5),
+            suspect_after: Duration::from_secs(15),
+            dead_after: Duration::from_secs(30),
+            peers: Vec::new(),
+            discover_rate: 50,
+            max_pending: 4096,
+            max_pending_total: 65_536,
+            window: 512,
+            max_peers: 1024,
+            max_message_len: 1 << 20,
+            max_probe_queue: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub content: String,
+    pub sender: String,
+    pub channel_id: String,
+    /// RFC 3339 UTC, supplied by the caller: the core never reads the wall clock.
+    pub timestamp: String,
+    pub is_file: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub u64);
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum MsgEvent {
+    Received {
+        from: Ipv4Addr,
+        msg: Message,
+    },
+    Delivered {
+        id: MessageId,
+        to: Ipv4Addr,
+    },
+    Failed {
+        id: MessageId,
+        to: Ipv4Addr,
+        reason: String,
+    },
+    PeerUp {
+        addr: Ipv4Addr,
+        name: String,
+        id: u64,
+    },
+    PeerDown {
+        addr: Ipv4Addr,
+    },
+}
+
+/// Misuse of the API; nothing was queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MsgError {
+    /// Our own address, or an address no single node can have.
+    BadDestination(Ipv4Addr),
+    /// A field does not fit its length on the wire, or the content exceeds `max_message_len`.
+    TooLarge(&'static str),
+    /// `max_pending` for this peer reached.
+    PeerQueueFull,
+    /// `max_pending_total` reached.
+    QueueFull,
+    /// The peer table is full of live peers.
+    PeerTableFull,
+}
+
+impl std::fmt::Display for MsgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MsgError::BadDestination(a) => write!(f, "cannot send to {a}"),
+            MsgError::TooLarge(what) => write!(f, "{what} too large"),
+            MsgError::PeerQueueFull => write!(f, "too many undelivered messages for this peer"),
+            MsgError::QueueFull => write!(f, "too many undelivered messages"),
+            MsgError::PeerTableFull => write!(f, "peer table full"),
+        }
+    }
+}
+
+impl std::error::Error for MsgError {}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Named by `add_peer` or a send, never heard from.
+    Probing,
+    Alive,
+    Suspect,
+    Dead,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerInfo {
+    pub addr: Ipv4Addr,
+    pub name: String,
+    pub id: u64,
+    pub epoch: u64,
+    pub rtt_ms: Option<f64>,
+    pub last_seen_ms_ago: Option<u64>,
+    pub state: PeerState,
+    pub pending: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MsgCounters {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bad_checksum: u64,
+    pub bad_version: u64,
+    pub bad_length: u64,
+    pub bad_payload: u64,
+    pub unknown_type: u64,
+    pub from_self: u64,
+    pub stale_epoch: u64,
+    pub wrong_epoch: u64,
+    pub peer_restarts: u64,
+    pub data_in: u64,
+    pub data_out: u64,
+    pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub duplicates: u64,
+    pub out_of_window: u64,
+    pub acks_in: u64,
+    pub acks_out: u64,
+    pub hellos_in: u64,
+    pub hellos_out: u64,
+    pub probes_out: u64,
+    pub messages_queued: u64,
+    pub messages_delivered: u64,
+    pub messages_failed: u64,
+    pub messages_received: u64,
+    pub messages_malformed: u64,
+    pub queue_full: u64,
+    pub peer_table_full: u64,
+    pub tx_queue_full: u64,
+    pub icmp_errors: u64,
+}
+
+/// One segment of the send stream.
+#[derive(Debug)]
+struct Seg {
+    seq: u32,
+    msg: MessageId,
+    flags: u8,
+    data: Vec<u8>,
+    last_sent: Instant,
+    /// Transmissions so far; 0 means never sent.
+    tries: u32,
+    acked: bool,
+    /// Set by selective acknowledgement evidence: resend at the next poll.
+    lost: bool,
+}
+
+/// `a < b` in sequence space, valid while the two are within 2^31 of each other.
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
 
 #[derive(Debug)]
-pub struct MsgEndpoint {}
+struct Peer {
+    addr: Ipv4Addr,
+    name: String,
+    node_id: u64,
+    /// 0 until we hear from the peer.
+    epoch: u64,
+    state: PeerState,
+    last_seen: Option<Instant>,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+    hello_due: Option<Instant>,
+    hello_tries: u32,
+    hello_reply: Option<Option<u32>>,
+    next_heartbeat: Instant,
+    in_dirty: bool,
+    // Send side. `segs` holds whole messages, oldest first, with consecutive sequence numbers.
+    segs: VecDeque<Seg>,
+    next_unsent: usize,
+    snd_nxt: u32,
+    stream_start: u32,
+    pending_msgs: usize,
+    // Receive side.
+    rcv_next: Option<u32>,
+    ooo: BTreeMap<u32, (u8, Vec<u8>)>,
+    reasm: Vec<u8>,
+    reasm_active: bool,
+    ack_pending: bool,
+}
+
+impl Peer {
+    fn new(addr: Ipv4Addr, now: Instant, rto: Duration) -> Peer {
+        Peer {
+            addr,
+            name: String::new(),
+            node_id: 0,
+            epoch: 0,
+            state: PeerState::Probing,
+            last_seen: None,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto,
+            hello_due: None,
+            hello_tries: 0,
+            hello_reply: None,
+            next_heartbeat: now,
+            in_dirty: false,
+            segs: VecDeque::new(),
+            next_unsent: 0,
+            snd_nxt: 0,
+            stream_start: 0,
+            pending_msgs: 0,
+            rcv_next: None,
+            ooo: BTreeMap::new(),
+            reasm: Vec::new(),
+            reasm_active: false,
+            ack_pending: false,
+        }
+    }
+
+    fn rtt_sample(&mut self, r: Duration, cfg: &MsgConfig) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let diff = if s > r { s - r } else { r - s };
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        let rto = self.srtt.unwrap_or_default() + (self.rttvar * 4).max(Duration::from_millis(1));
+        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
+    }
+
+    fn timeout(&self, tries: u32, cfg: &MsgConfig) -> Duration {
+        let f = cfg
+            .backoff
+            .max(1.0)
+            .powi(tries.saturating_sub(1).min(64) as i32);
+        self.rto.mul_f64(f).min(cfg.max_rto)
+    }
+
+    /// Renumbers everything undelivered into a new stream that starts beyond any number used.
+    fn restart_stream(&mut self) {
+        let base = self.snd_nxt;
+        for (i, s) in self.segs.iter_mut().enumerate() {
+            s.seq = base.wrapping_add(i as u32);
+            s.tries = 0;
+            s.acked = false;
+            s.lost = false;
+        }
+        self.stream_start = base;
+        self.snd_nxt = base.wrapping_add(self.segs.len() as u32);
+        self.next_unsent = 0;
+    }
+
+    fn reset_receive(&mut self) {
+        self.rcv_next = None;
+        self.ooo.clear();
+        self.reasm.clear();
+        self.reasm_active = false;
+    }
+}
+
+pub struct MsgEndpoint {
+    cfg: MsgConfig,
+    addr: Ipv4Addr,
+    node_id: u64,
+    epoch: u64,
+    peers: HashMap<Ipv4Addr, Peer>,
+    dirty: Vec<Ipv4Addr>,
+    events: VecDeque<MsgEvent>,
+    counters: MsgCounters,
+    next_id: u64,
+    total_pending: usize,
+    seg_size: usize,
+    next_timer: Option<Instant>,
+    last_now: Instant,
+    probes: VecDeque<Ipv4Addr>,
+    next_probe: Instant,
+    pool: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for MsgEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgEndpoint")
+            .field("addr", &self.addr)
+            .field("node_id", &self.node_id)
+            .field("epoch", &self.epoch)
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
 
 impl MsgEndpoint {
-    pub fn new(_cfg: MsgConfig, _addr: Ipv4Addr, _rng: Rng) -> MsgEndpoint {
-        MsgEndpoint {}
+    pub fn new(cfg: MsgConfig, addr: Ipv4Addr, mut rng: Rng) -> MsgEndpoint {
+        let node_id = if cfg.node_id != 0 {
+            cfg.node_id
+        } else {
+            rng.next_u64() | 1
+        };
+        let epoch = cfg.boot_epoch.max(1);
+        let mut ep = MsgEndpoint {
+            addr,
+            node_id,
+            epoch,
+            peers: HashMap::new(),
+            dirty: Vec::new(),
+            events: VecDeque::new(),
+            counters: MsgCounters::default(),
+            next_id: 1,
+            total_pending: 0,
+            seg_size: 1500 - 20 - HEADER_LEN,
+            next_timer: None,
+            last_now: Instant::ZERO,
+            probes: VecDeque::new(),
+            next_probe: Instant::ZERO,
+            pool: Vec::new(),
+            scratch: Vec::new(),
+            cfg,
+        };
+        for a in ep.cfg.peers.clone() {
+            ep.add_peer(Instant::ZERO, a);
+        }
+        ep
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &MsgConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &MsgCounters {
+        &self.counters
+    }
+
+    pub fn poll_event(&mut self) -> Option<MsgEvent> {
+        self.events.pop_front()
+    }
+
+    /// Messages accepted by `send_message` and not yet Delivered or Failed.
+    pub fn pending(&self) -> usize {
+        self.total_pending
+    }
+
+    pub fn peers(&self, now: Instant) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| PeerInfo {
+                addr: p.addr,
+                name: p.name.clone(),
+                id: p.node_id,
+                epoch: p.epoch,
+                rtt_ms: p.srtt.map(|d| d.as_secs_f64() * 1000.0),
+                last_seen_ms_ago: p.last_seen.map(|t| (now - t).as_millis() as u64),
+                state: p.state,
+                pending: p.pending_msgs,
+            })
+            .collect();
+        v.sort_by_key(|p| p.addr);
+        v
+    }
+
+    /// The peer's smoothed RTT, for other transports that want a starting estimate.
+    pub fn peer_rtt(&self, addr: Ipv4Addr) -> Option<Duration> {
+        self.peers.get(&addr).and_then(|p| p.srtt)
+    }
+
+    fn valid_peer_addr(&self, a: Ipv4Addr) -> bool {
+        a != self.addr && !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast()
+    }
+
+    fn mark_dirty(&mut self, addr: Ipv4Addr) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            if !p.in_dirty {
+                p.in_dirty = true;
+                self.dirty.push(addr);
+            }
+        }
+    }
+
+    /// Makes room for a new peer by forgetting a dead one with nothing queued.
+    fn ensure_peer(&mut self, now: Instant, addr: Ipv4Addr) -> bool {
+        if self.peers.contains_key(&addr) {
+            return true;
+        }
+        if self.peers.len() >= self.cfg.max_peers {
+            let victim = self
+                .peers
+                .values()
+                .filter(|p| p.state == PeerState::Dead && p.segs.is_empty())
+                .min_by_key(|p| p.last_seen)
+                .map(|p| p.addr);
+            match victim {
+                Some(v) => {
+                    self.peers.remove(&v);
+                }
+                None => {
+                    self.counters.peer_table_full += 1;
+                    return false;
+                }
+            }
+        }
+        let rto = self.cfg.initial_rto;
+        self.peers.insert(addr, Peer::new(addr, now, rto));
+        true
+    }
+
+    /// Greets `addr`; once it answers, its HELLOs tell us about the rest of the lab.
+    pub fn add_peer(&mut self, now: Instant, addr: Ipv4Addr) {
+        if !self.valid_peer_addr(addr) || !self.ensure_peer(now, addr) {
+            return;
+        }
+        let p = self.peers.get_mut(&addr).expect("just ensured");
+        if p.epoch == 0 && p.hello_due.is_none() {
+            p.hello_due = Some(now);
+            p.hello_tries = 0;
+        }
+        self.next_timer = crate::time::earliest(self.next_timer, Some(now));
+    }
+
+    /// Queues a HELLO probe for every host address in `net/prefix_len` (bounded), sent at
+    /// `discover_rate` per second. Hosts that answer join the peer table.
+    pub fn discover(&mut self, now: Instant, net: Ipv4Addr, prefix_len: u8) {
+        let prefix_len = prefix_len.clamp(8, 32);
+        let mask = if prefix_len == 32 {
+            u32::MAX
+        } else {
+            !(u32::MAX >> prefix_len)
+        };
+        let base = u32::from(net) & mask;
+        let size = 1u64 << (32 - prefix_len);
+        let (first, last) = if size <= 2 {
+            (0, size - 1)
+        } else {
+            (1, size - 2) // skip the network and broadcast addresses
+        };
+        for off in first..=last {
+            if self.probes.len() >= self.cfg.max_probe_queue {
+                break;
+            }
+            let a = Ipv4Addr::from(base | off as u32);
+            if self.valid_peer_addr(a) && !self.peers.contains_key(&a) {
+                self.probes.push_back(a);
+            }
+        }
+        if self.next_probe < now {
+            self.next_probe = now;
+        }
+    }
+
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        dst: Ipv4Addr,
+        msg: Message,
+    ) -> Result<MessageId, MsgError> {
+        if !self.valid_peer_addr(dst) {
+            return Err(MsgError::BadDestination(dst));
+        }
+        if msg.content.len() > self.cfg.max_message_len {
+            return Err(MsgError::TooLarge("content"));
+        }
+        if msg.channel_id.len() > u16::MAX as usize {
+            return Err(MsgError::TooLarge("channel_id"));
+        }
+        if msg.sender.len() > u16::MAX as usize {
+            return Err(MsgError::TooLarge("sender"));
+        }
+        if msg.timestamp.len() > u8::MAX as usize {
+            return Err(MsgError::TooLarge("timestamp"));
+        }
+        if self.total_pending >= self.cfg.max_pending_total {
+            self.counters.queue_full += 1;
+            return Err(MsgError::QueueFull);
+        }
+        if !self.ensure_peer(now, dst) {
+            return Err(MsgError::PeerTableFull);
+        }
+        if self.peers[&dst].pending_msgs >= self.cfg.max_pending {
+            self.counters.queue_full += 1;
+            return Err(MsgError::PeerQueueFull);
+        }
+        let id = MessageId(self.next_id);
+        self.next_id += 1;
+        let mut enc = std::mem::take(&mut self.scratch);
+        enc.clear();
+        wire::message::encode(
+            &mut enc,
+            &msg.content,
+            &msg.sender,
+            &msg.channel_id,
+            &msg.timestamp,
+            msg.is_file,
+        );
+        let seg_size = self.seg_size;
+        let n = enc.len().div_ceil(seg_size);
+        let p = self.peers.get_mut(&dst).expect("just ensured");
+        for (i, chunk) in enc.chunks(seg_size).enumerate() {
+            let mut data = self.pool.pop().unwrap_or_default();
+            data.clear();
+            data.extend_from_slice(chunk);
+            let mut f = 0;
+            if i == 0 {
+                f |= flags::FIRST;
+            }
+            if i + 1 == n {
+                f |= flags::LAST;
+            }
+            p.segs.push_back(Seg {
+                seq: p.snd_nxt,
+                msg: id,
+                flags: f,
+                data,
+                last_sent: now,
+                tries: 0,
+                acked: false,
+                lost: false,
+            });
+            p.snd_nxt = p.snd_nxt.wrapping_add(1);
+        }
+        p.pending_msgs += 1;
+        if p.epoch == 0 && p.hello_due.is_none() {
+            p.hello_due = Some(now);
+            p.hello_tries = 0;
+            self.next_timer = crate::time::earliest(self.next_timer, Some(now));
+        }
+        self.scratch = enc;
+        self.total_pending += 1;
+        self.counters.messages_queued += 1;
+        self.mark_dirty(dst);
+        Ok(id)
+    }
+
+    fn header(&self, ty: u8, flags: u8, peer_epoch: u64, seq: u32, ack: u32) -> Header {
+        Header {
+            ty,
+            flags,
+            node_id: self.node_id,
+            epoch: self.epoch,
+            peer_epoch,
+            seq,
+            ack,
+        }
+    }
+
+    fn count_wire_error(&mut self, e: WireError) {
+        match e {
+            WireError::Truncated => self.counters.bad_length += 1,
+            WireError::BadVersion => self.counters.bad_version += 1,
+            WireError::BadChecksum => self.counters.bad_checksum += 1,
+            WireError::BadPayload => self.counters.bad_payload += 1,
+            WireError::UnknownType => self.counters.unknown_type += 1,
+        }
+    }
+
+    fn fail_all(&mut self, addr: Ipv4Addr, reason: &str) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        for s in p.segs.drain(..) {
+            if s.flags & flags::LAST != 0 {
+                self.events.push_back(MsgEvent::Failed {
+                    id: s.msg,
+                    to: addr,
+                    reason: reason.to_string(),
+                });
+                self.counters.messages_failed += 1;
+            }
+            if self.pool.len() < 4096 {
+                self.pool.push(s.data);
+            }
+        }
+        self.total_pending -= p.pending_msgs;
+        p.pending_msgs = 0;
+        // Whatever the receiver holds of the failed stream is abandoned: the next message
+        // opens a new one.
+        p.restart_stream();
+    }
+
+    fn handle(&mut self, now: Instant, src: Ipv4Addr, buf: &[u8]) {
+        self.counters.packets_in += 1;
+        let (h, payload) = match Header::parse(buf) {
+            Ok(x) => x,
+            Err(e) => return self.count_wire_error(e),
+        };
+        if h.node_id == self.node_id || src == self.addr {
+            self.counters.from_self += 1;
+            return;
+        }
+        if !matches!(h.ty, ty::DATA | ty::ACK | ty::HELLO) {
+            self.counters.unknown_type += 1;
+            return;
+        }
+        // Validate the payload before touching any state.
+        let hello = match h.ty {
+            ty::HELLO => match HelloRepr::parse(payload) {
+                Ok(x) => Some(x),
+                Err(e) => return self.count_wire_error(e),
+            },
+            _ => None,
+        };
+        let ack = match h.ty {
+            ty::ACK => match AckRepr::parse(payload) {
+                Ok(x) => Some(x),
+                Err(e) => return self.count_wire_error(e),
+            },
+            _ => None,
+        };
+        if !self.ensure_peer(now, src) {
+            return;
+        }
+        let cfg = &self.cfg;
+        let p = self.peers.get_mut(&src).expect("just ensured");
+        if p.epoch == 0 {
+            p.epoch = h.epoch;
+            p.node_id = h.node_id;
+            p.next_heartbeat = now + cfg.heartbeat;
+            self.next_timer = crate::time::earliest(self.next_timer, Some(p.next_heartbeat));
+        } else if h.epoch > p.epoch || h.node_id != p.node_id {
+            // The peer restarted (or another node took the address): new session.
+            p.epoch = h.epoch;
+            p.node_id = h.node_id;
+            p.reset_receive();
+            p.restart_stream();
+            self.counters.peer_restarts += 1;
+        } else if h.epoch < p.epoch {
+            self.counters.stale_epoch += 1;
+            return;
+        }
+        p.last_seen = Some(now);
+        p.hello_due = None;
+        p.hello_tries = 0;
+        if p.state != PeerState::Alive {
+            let was = p.state;
+            p.state = PeerState::Alive;
+            if was != PeerState::Suspect {
+                self.events.push_back(MsgEvent::PeerUp {
+                    addr: src,
+                    name: hello.as_ref().map(|h| h.name.clone()).unwrap_or_default(),
+                    id: h.node_id,
+                });
+            }
+        }
+        match h.ty {
+            ty::HELLO => {
+                let hello = hello.expect("parsed above");
+                self.counters.hellos_in += 1;
+                p.name = hello.name;
+                if h.flags & flags::ECHO != 0 {
+                    let micros = (now.as_micros() as u32).wrapping_sub(h.ack);
+                    if micros < 60_000_000 {
+                        p.rtt_sample(Duration::from_micros(micros as u64), cfg);
+                    }
+                }
+                if h.flags & flags::REQUEST != 0 {
+                    p.hello_reply = Some(Some(h.seq));
+                }
+                for a in hello.peers {
+                    if self.valid_peer_addr(a)
+                        && !self.peers.contains_key(&a)
+                        && !self.probes.contains(&a)
+                        && self.probes.len() < self.cfg.max_probe_queue
+                    {
+                        // Peer exchange goes ahead of a range scan: these addresses are known good.
+                        self.probes.push_front(a);
+                    }
+                }
+            }
+            ty::ACK => {
+                self.counters.acks_in += 1;
+                if h.peer_epoch != self.epoch {
+                    self.counters.wrong_epoch += 1;
+                    return;
+                }
+                let ack = ack.expect("parsed above");
+                self.process_ack(now, src, h.ack, &ack.ranges);
+            }
+            _ => {
+                self.counters.data_in += 1;
+                if h.peer_epoch != self.epoch {
+                    // Meant for our previous life, or the sender never heard from us.
+                    self.counters.wrong_epoch += 1;
+                    if p.hello_reply.is_none() {
+                        p.hello_reply = Some(None);
+                    }
+                } else {
+                    self.process_data(src, h.seq, h.flags, payload);
+                }
+            }
+        }
+        self.mark_dirty(src);
+    }
+
+    fn process_data(&mut self, src: Ipv4Addr, seq: u32, f: u8, data: &[u8]) {
+        let window = self.cfg.window;
+        let max_len = self.cfg.max_message_len + 600;
+        let p = self.peers.get_mut(&src).expect("caller checked");
+        p.ack_pending = true;
+        let syn = f & flags::SYN != 0;
+        match p.rcv_next {
+            None if syn => {
+                p.rcv_next = Some(seq);
+                p.ooo.retain(|&s, _| !seq_lt(s, seq));
+            }
+            None => {
+                // The stream's first segment has not arrived yet; keep this one for then.
+                if p.ooo.len() < window as usize {
+                    p.ooo.entry(seq).or_insert_with(|| (f, data.to_vec()));
+                } else {
+                    self.counters.out_of_window += 1;
+                }
+                return;
+            }
+            Some(n) if syn && seq_lt(n, seq) => {
+                // The sender abandoned what we were waiting for and opened a new stream.
+                p.rcv_next = Some(seq);
+                p.ooo.retain(|&s, _| !seq_lt(s, seq));
+                p.reasm.clear();
+                p.reasm_active = false;
+            }
+            Some(_) => {}
+        }
+        let next = p.rcv_next.expect("set above");
+        if seq_lt(seq, next) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        if seq.wrapping_sub(next) >= window {
+            self.counters.out_of_window += 1;
+            return;
+        }
+        if seq != next {
+            match p.ooo.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(_) => self.counters.duplicates += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert((f, data.to_vec()));
+                }
+            }
+            return;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        let c = &mut self.counters;
+        deliver(p, src, f, data, max_len, &mut events, c);
+        let mut next = next.wrapping_add(1);
+        while let Some((f, d)) = p.ooo.remove(&next) {
+            deliver(p, src, f, &d, max_len, &mut events, c);
+            next = next.wrapping_add(1);
+        }
+        p.rcv_next = Some(next);
+        self.events = events;
+    }
+
+    fn process_ack(&mut self, now: Instant, src: Ipv4Addr, cum: u32, ranges: &[(u32, u32)]) {
+        let cfg = &self.cfg;
+        let p = self.peers.get_mut(&src).expect("caller checked");
+        let Some(front) = p.segs.front() else {
+            return;
+        };
+        let base = front.seq;
+        let sent = p.next_unsent;
+        // Offsets into `segs`; anything outside what we sent is nonsense and ignored.
+        let off = |s: u32| s.wrapping_sub(base) as usize;
+        let cum_off = if seq_lt(cum, base) {
+            0
+        } else {
+            off(cum).min(sent)
+        };
+        let mut sample: Option<Duration> = None;
+        let mut mark = |p: &mut Peer, i: usize| {
+            let s = &mut p.segs[i];
+            if !s.acked {
+                s.acked = true;
+                s.lost = false;
+                if s.tries == 1 {
+                    sample = Some(now - s.last_sent);
+                }
+            }
+        };
+        for i in 0..cum_off {
+            mark(p, i);
+        }
+        let mut highest_sacked = None;
+        for &(a, b) in ranges {
+            if seq_lt(a, base) || !seq_lt(a, b) {
+                continue;
+            }
+            let (a, b) = (off(a).min(sent), off(b).min(sent));
+            for i in a..b {
+                mark(p, i);
+            }
+            if b > a {
+                highest_sacked = Some(highest_sacked.unwrap_or(0).max(b - 1));
+            }
+        }
+        if let Some(r) = sample {
+            p.rtt_sample(r, cfg);
+        }
+        // Three later segments held by the receiver are evidence enough that this one was lost.
+        if let Some(h) = highest_sacked {
+            let min_gap = p.srtt.unwrap_or(p.rto);
+            for i in 0..h.saturating_sub(2) {
+                let s = &mut p.segs[i];
+                if !s.acked && !s.lost && s.tries > 0 && now - s.last_sent >= min_gap {
+                    s.lost = true;
+                }
+            }
+        }
+        // Pop whole messages whose last segment the cumulative ACK covers.
+        let mut covered = cum_off;
+        while let Some(j) = p
+            .segs
+            .iter()
+            .take(covered)
+            .position(|s| s.flags & flags::LAST != 0)
+        {
+            for s in p.segs.drain(..=j) {
+                if self.pool.len() < 4096 {
+                    self.pool.push(s.data);
+                }
+                if s.flags & flags::LAST != 0 {
+                    self.events
+                        .push_back(MsgEvent::Delivered { id: s.msg, to: src });
+                }
+            }
+            covered -= j + 1;
+            p.next_unsent -= j + 1;
+            p.pending_msgs -= 1;
+            self.total_pending -= 1;
+            self.counters.messages_delivered += 1;
+        }
+    }
+
+    fn send_hello(
+        &mut self,
+        tx: &mut Tx,
+        dst: Ipv4Addr,
+        now: Instant,
+        reply_to: Option<Option<u32>>,
+    ) {
+        let peers: Vec<Ipv4Addr> = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Alive && p.addr != dst)
+            .take(wire::MAX_HELLO_PEERS)
+            .map(|p| p.addr)
+            .collect();
+        let hello = HelloRepr {
+            name: self.cfg.node_name.clone(),
+            peers,
+        };
+        let peer_epoch = self.peers.get(&dst).map_or(0, |p| p.epoch);
+        let (f, ack) = match reply_to {
+            Some(Some(nonce)) => (flags::ECHO, nonce),
+            Some(None) => (0, 0),
+            None => (flags::REQUEST, 0),
+        };
+        let h = self.header(ty::HELLO, f, peer_epoch, now.as_micros() as u32, ack);
+        let len = HEADER_LEN + hello.buffer_len();
+        let r = tx.send(dst, PROTOCOL, len, |buf| {
+            hello.emit(&mut buf[HEADER_LEN..]);
+            h.emit(buf);
+        });
+        self.count_send(r);
+        self.counters.hellos_out += 1;
+    }
+
+    fn count_send(&mut self, r: Result<(), crate::ip::TxError>) {
+        match r {
+            Ok(()) => self.counters.packets_out += 1,
+            Err(_) => self.counters.tx_queue_full += 1,
+        }
+    }
+
+    fn send_ack(&mut self, tx: &mut Tx, addr: Ipv4Addr) {
+        let p = self.peers.get_mut(&addr).expect("caller checked");
+        p.ack_pending = false;
+        let Some(next) = p.rcv_next else {
+            return;
+        };
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for &s in p.ooo.keys() {
+            match ranges.last_mut() {
+                Some(r) if r.1 == s => r.1 = s.wrapping_add(1),
+                _ => {
+                    if ranges.len() == wire::MAX_SACK_RANGES {
+                        break;
+                    }
+                    ranges.push((s, s.wrapping_add(1)));
+                }
+            }
+        }
+        let peer_epoch = p.epoch;
+        let a = AckRepr { ranges };
+        let h = self.header(ty::ACK, 0, peer_epoch, 0, next);
+        let r = tx.send(addr, PROTOCOL, HEADER_LEN + a.buffer_len(), |buf| {
+            a.emit(&mut buf[HEADER_LEN..]);
+            h.emit(buf);
+        });
+        self.count_send(r);
+        self.counters.acks_out += 1;
+    }
+
+    fn send_seg(&mut self, tx: &mut Tx, now: Instant, addr: Ipv4Addr, i: usize) {
+        let node_id = self.node_id;
+        let epoch = self.epoch;
+        let p = self.peers.get_mut(&addr).expect("caller checked");
+        let s = &mut p.segs[i];
+        let mut f = s.flags;
+        if s.seq == p.stream_start {
+            f |= flags::SYN;
+        }
+        let h = Header {
+            ty: ty::DATA,
+            flags: f,
+            node_id,
+            epoch,
+            peer_epoch: p.epoch,
+            seq: s.seq,
+            ack: 0,
+        };
+        let data = &s.data;
+        let r = tx.send(addr, PROTOCOL, HEADER_LEN + data.len(), |buf| {
+            buf[HEADER_LEN..].copy_from_slice(data);
+            h.emit(buf);
+        });
+        if s.tries > 0 {
+            self.counters.retransmits += 1;
+        }
+        s.tries += 1;
+        s.last_sent = now;
+        s.lost = false;
+        let tries = s.tries;
+        let deadline = now + p.timeout(tries, &self.cfg);
+        self.next_timer = crate::time::earliest(self.next_timer, Some(deadline));
+        self.counters.data_out += 1;
+        self.count_send(r);
+    }
+
+    /// Sends what `addr` is owed: a HELLO answer, an ACK, lost segments, new segments.
+    fn flush(&mut self, now: Instant, tx: &mut Tx, addr: Ipv4Addr) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        p.in_dirty = false;
+        if let Some(r) = p.hello_reply.take() {
+            self.send_hello(tx, addr, now, Some(r));
+        }
+        let p = &self.peers[&addr];
+        if p.ack_pending {
+            self.send_ack(tx, addr);
+        }
+        let p = &self.peers[&addr];
+        if p.epoch == 0 || p.segs.is_empty() {
+            return;
+        }
+        let window = self.cfg.window as usize;
+        let limit = p.segs.iter().position(|s| !s.acked).unwrap_or(p.segs.len()) + window;
+        for i in 0..p.next_unsent.min(limit) {
+            if self.peers[&addr].segs[i].lost {
+                if tx.room() == 0 {
+                    return self.mark_dirty(addr);
+                }
+                self.counters.fast_retransmits += 1;
+                self.send_seg(tx, now, addr, i);
+            }
+        }
+        loop {
+            let p = &self.peers[&addr];
+            let i = p.next_unsent;
+            if i >= p.segs.len() || i >= limit {
+                break;
+            }
+            if tx.room() == 0 {
+                return self.mark_dirty(addr);
+            }
+            self.send_seg(tx, now, addr, i);
+            self.peers.get_mut(&addr).expect("present").next_unsent += 1;
+        }
+    }
+
+    /// Retransmissions, HELLO retries, heartbeats and liveness for one peer. Returns the peer's
+    /// next deadline.
+    fn timers(&mut self, now: Instant, tx: &mut Tx, addr: Ipv4Addr) -> Option<Instant> {
+        let cfg = self.cfg.clone_timing();
+        let p = self.peers.get_mut(&addr).expect("caller checked");
+        let mut next: Option<Instant> = None;
+        // Liveness.
+        if let Some(seen) = p.last_seen {
+            let quiet = now - seen;
+            if quiet >= cfg.dead_after && p.state != PeerState::Dead {
+                p.state = PeerState::Dead;
+                self.events.push_back(MsgEvent::PeerDown { addr });
+            } else if quiet >= cfg.suspect_after && p.state == PeerState::Alive {
+                p.state = PeerState::Suspect;
+            }
+            if p.state == PeerState::Alive {
+                next = crate::time::earliest(next, Some(seen + cfg.suspect_after));
+            } else if p.state == PeerState::Suspect {
+                next = crate::time::earliest(next, Some(seen + cfg.dead_after));
+            }
+        }
+        // Greeting a peer whose epoch we do not know (needed before any DATA can go).
+        if let Some(due) = p.hello_due {
+            if due <= now {
+                if p.hello_tries > cfg.max_retries && p.epoch == 0 {
+                    p.hello_tries = 0;
+                    p.hello_due = Some(now + cfg.heartbeat);
+                    if !p.segs.is_empty() {
+                        let reason =
+                            format!("no answer from {addr} after {} tries", cfg.max_retries + 1);
+                        self.fail_all(addr, &reason);
+                    }
+                } else {
+                    p.hello_tries += 1;
+                    let t = p.timeout(p.hello_tries, &self.cfg);
+                    p.hello_due = Some(now + t);
+                    self.send_hello(tx, addr, now, None);
+                }
+            }
+        }
+        let p = self.peers.get_mut(&addr).expect("present");
+        next = crate::time::earliest(next, p.hello_due);
+        if p.epoch != 0 {
+            if p.next_heartbeat <= now {
+                p.next_heartbeat = now + cfg.heartbeat;
+                self.send_hello(tx, addr, now, None);
+            }
+            let p = &self.peers[&addr];
+            next = crate::time::earliest(next, Some(p.next_heartbeat));
+        }
+        // Retransmissions.
+        let p = &self.peers[&addr];
+        let mut failed = None;
+        let mut due = Vec::new();
+        for i in 0..p.next_unsent {
+            let s = &p.segs[i];
+            if s.acked || s.tries == 0 {
+                continue;
+            }
+            let d = s.last_sent + p.timeout(s.tries, &self.cfg);
+            if d <= now {
+                if s.tries > cfg.max_retries {
+                    failed = Some(s.tries);
+                    break;
+                }
+                due.push(i);
+            } else {
+                next = crate::time::earliest(next, Some(d));
+            }
+        }
+        if let Some(tries) = failed {
+            let reason = format!("not acknowledged by {addr} after {tries} tries");
+            self.fail_all(addr, &reason);
+            return next;
+        }
+        for i in due {
+            if tx.room() == 0 {
+                return Some(now + Duration::from_millis(1));
+            }
+            self.send_seg(tx, now, addr, i);
+            let p = &self.peers[&addr];
+            let s = &p.segs[i];
+            next = crate::time::earliest(next, Some(s.last_sent + p.timeout(s.tries, &self.cfg)));
+        }
+        next
+    }
+}
+
+/// The timing subset of the config, copied so timers can borrow a peer mutably.
+struct Timing {
+    max_retries: u32,
+    heartbeat: Duration,
+    suspect_after: Duration,
+    dead_after: Duration,
+}
+
+impl MsgConfig {
+    fn clone_timing(&self) -> Timing {
+        Timing {
+            max_retries: self.max_retries,
+            heartbeat: self.heartbeat,
+            suspect_after: self.suspect_after,
+            dead_after: self.dead_after,
+        }
+    }
+}
+
+/// Appends one in-order segment to the message being reassembled and emits it when complete.
+fn deliver(
+    p: &mut Peer,
+    src: Ipv4Addr,
+    f: u8,
+    data: &[u8],
+    max_len: usize,
+    events: &mut VecDeque<MsgEvent>,
+    c: &mut MsgCounters,
+) {
+    let whole: &[u8];
+    if f & flags::FIRST != 0 && f & flags::LAST != 0 {
+        // The common case needs no copy.
+        whole = data;
+    } else {
+        if f & flags::FIRST != 0 {
+            p.reasm.clear();
+            p.reasm_active = true;
+        }
+        if !p.reasm_active {
+            return;
+        }
+        if p.reasm.len() + data.len() > max_len {
+            p.reasm.clear();
+            p.reasm_active = false;
+            c.messages_malformed += 1;
+            return;
+        }
+        p.reasm.extend_from_slice(data);
+        if f & flags::LAST == 0 {
+            return;
+        }
+        p.reasm_active = false;
+        whole = &p.reasm;
+    }
+    match wire::message::decode(whole) {
+        Ok((content, sender, channel, ts, is_file)) => {
+            c.messages_received += 1;
+            events.push_back(MsgEvent::Received {
+                from: src,
+                msg: Message {
+                    content: content.to_string(),
+                    sender: sender.to_string(),
+                    channel_id: channel.to_string(),
+                    timestamp: ts.to_string(),
+                    is_file,
+                },
+            });
+        }
+        Err(_) => c.messages_malformed += 1,
     }
 }
 
 impl Transport for MsgEndpoint {
-    fn handle_packet(&mut self, _now: Instant, _pkt: &IpPacket<'_>, _tx: &mut Tx) -> bool {
-        false
+    fn handle_packet(&mut self, now: Instant, pkt: &IpPacket<'_>, _tx: &mut Tx) -> bool {
+        self.last_now = now;
+        self.handle(now, pkt.src(), pkt.payload);
+        true
+    }
+
+    fn handle_icmp_error(&mut self, _now: Instant, _err: &IcmpError<'_>, _tx: &mut Tx) {
+        // Retransmission gives up on its own; an ICMP error is only worth counting because it
+        // can be forged and the reliable path does not need it.
+        self.counters.icmp_errors += 1;
+    }
+
+    fn poll(&mut self, now: Instant, tx: &mut Tx) {
+        self.last_now = now;
+        self.seg_size = tx.max_payload().saturating_sub(HEADER_LEN).max(64);
+        if self.next_timer.is_some_and(|t| t <= now) {
+            let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+            let mut next = None;
+            for a in addrs {
+                let n = self.timers(now, tx, a);
+                next = crate::time::earliest(next, n);
+                self.mark_dirty(a);
+            }
+            self.next_timer = next;
+        }
+        for a in std::mem::take(&mut self.dirty) {
+            self.flush(now, tx, a);
+        }
+        while !self.probes.is_empty() && self.next_probe <= now && tx.room() > 0 {
+            let a = self.probes.pop_front().expect("not empty");
+            if self.peers.contains_key(&a) {
+                continue;
+            }
+            self.send_hello(tx, a, now, None);
+            self.counters.probes_out += 1;
+            let gap = Duration::from_secs(1) / self.cfg.discover_rate.max(1);
+            self.next_probe = self.next_probe.max(now - gap) + gap;
+        }
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        let mut t = self.next_timer;
+        if !self.dirty.is_empty() {
+            t = crate::time::earliest(t, Some(self.last_now));
+        }
+        if !self.probes.is_empty() {
+            t = crate::time::earliest(t, Some(self.next_probe));
+        }
+        t
     }
 }

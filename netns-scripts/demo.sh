@@ -67,7 +67,7 @@ bash "$SETUP" up pair
 section "node"
 mkdir -p "$(dirname "$CTL")"
 ip netns exec "$NS" "$TUNSTACK" node --tun tun0 --addr "$NODE_ADDR/24" --name demo \
-	--no-console --control "$CTL" >"$TMP/node.log" 2>&1 &
+	--no-console --control "$CTL" --data-dir "$TMP/data" >"$TMP/node.log" 2>&1 &
 NODE_PID=$!
 for ((i = 0; i < 100; i++)); do
 	"$TUNSTACK" ctl --control "$CTL" status >/dev/null 2>&1 && break

@@ -126,6 +126,7 @@ impl<D: Device + AsRawFd> Driver<D> {
             }
         }
         node.poll(now);
+        node.commit();
         let node = &mut *node;
         while let Some(p) = node.stack.transmit() {
             match node.impair_out.as_mut() {

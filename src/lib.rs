@@ -8,8 +8,11 @@
 //! - [`tcp`], [`msg`] (protocol 170), [`file`] (protocol 171): transports, as sans-IO state machines.
 //! - [`stack`]: one node's layers composed; takes packets and `now`, gives packets and a deadline.
 //! - [`impair`], [`sim`]: the impairment engine and the deterministic simulator built on it.
+//! - [`node`]: a running node (stack + apps) shared between threads; the console/ctl commands.
+//! - [`services`], [`api`]: TCP services (`--serve`), the blocking TCP API and the library API.
 //! - `device`, `driver`, `cli`: the only code that touches the TUN device, clocks, sockets and files.
 
+pub mod api;
 pub mod cli;
 pub mod device;
 pub mod driver;
@@ -19,6 +22,7 @@ pub mod ip;
 pub mod msg;
 pub mod node;
 pub mod rand;
+pub mod services;
 pub mod sim;
 pub mod stack;
 pub mod tcp;

@@ -66,8 +66,12 @@ pub fn run(args: CtlArgs) -> Result<i32, CliError> {
                 failed = Some(first.starts_with(b"error: "));
             }
         }
-        out.write_all(&buf[..n])?;
-        out.flush()?;
+        // A reader that stops early (`| head`) is not an error.
+        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
     }
     let failed = failed.unwrap_or_else(|| first.starts_with(b"error: "))
         || first.windows(8).any(|w| w == b"\nerror: ");

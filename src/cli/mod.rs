@@ -4,6 +4,7 @@
 mod console;
 mod ctl;
 mod node;
+pub mod tcp;
 pub mod stack_opts;
 
 use clap::{Parser, Subcommand};
@@ -19,8 +20,14 @@ impl fmt::Display for CliError {
     }
 }
 
-impl<E: std::error::Error> From<E> for CliError {
-    fn from(e: E) -> CliError {
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> CliError {
+        CliError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for CliError {
+    fn from(e: serde_json::Error) -> CliError {
         CliError(e.to_string())
     }
 }
@@ -49,6 +56,8 @@ pub enum Command {
     Node(Box<node::NodeArgs>),
     /// Talk to a running node through its control socket
     Ctl(ctl::CtlArgs),
+    /// Netcat over our own TCP: `tcp connect HOST PORT` or `tcp listen PORT`
+    Tcp(Box<tcp::TcpArgs>),
 }
 
 /// Parses the command line and runs; returns the process exit code.
@@ -60,6 +69,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
+        Command::Tcp(a) => tcp::run(*a),
     };
     match result {
         Ok(code) => code,

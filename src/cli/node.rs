@@ -2,6 +2,7 @@
 
 use super::stack_opts::{prepare, stop_on_signals, StackOpts};
 use super::{console, CliError};
+use crate::services::{ServiceSpec, Services};
 use clap::Args;
 use std::io::IsTerminal;
 
@@ -19,10 +20,31 @@ pub struct NodeArgs {
     /// Run as a quiet daemon even when stdin is a terminal (no prompt; use `tunstack ctl`)
     #[arg(long)]
     pub no_console: bool,
+
+    /// Serve TCP: KIND:PORT with KIND one of echo, discard, chargen, daytime, hold, greet, hello, http. Repeatable
+    #[arg(long = "serve", value_name = "KIND:PORT")]
+    pub serve: Vec<ServiceSpec>,
+
+    /// A node to greet at start (protocol 170 HELLO); peers exchange what they know, so one is enough. Repeatable
+    #[arg(long = "peer", value_name = "IP")]
+    pub peers: Vec<std::net::Ipv4Addr>,
 }
 
 pub fn run(args: NodeArgs) -> Result<i32, CliError> {
-    let prepared = prepare(&args.stack, |_| {}, |_| Ok(()))?;
+    let peers = args.peers.clone();
+    let serve = args.serve.clone();
+    let prepared = prepare(
+        &args.stack,
+        |cfg| cfg.msg.peers = peers,
+        |node| {
+            if !serve.is_empty() {
+                let services = Services::new(&mut node.stack, &serve, rfc867_daytime).map_err(CliError)?;
+                node.services = serve.iter().map(|s| format!("{}:{}", s.kind, s.port)).collect();
+                node.apps.push(Box::new(services));
+            }
+            Ok(())
+        },
+    )?;
     let handle = prepared.handle.clone();
     stop_on_signals(&handle)?;
     let path = args.stack.control_path();
@@ -44,4 +66,11 @@ pub fn run(args: NodeArgs) -> Result<i32, CliError> {
     prepared.driver.run(handle)?;
     log::info!("node {} stopped", args.stack.node_name());
     Ok(0)
+}
+
+/// The daytime line (RFC 867 leaves the format free): e.g. `Saturday, November 21, 2026 12:00:00-UTC`.
+fn rfc867_daytime() -> String {
+    let t = crate::node::clock::rfc3339_now();
+    // 2026-11-21T12:00:00.000Z -> "2026-11-21 12:00:00 UTC"
+    format!("{} {} UTC", &t[..10], &t[11..19])
 }

@@ -3,15 +3,14 @@
 //! for each way that can fail.
 
 use super::CliError;
-use crate::device::{DeviceError, PcapWriter, TunDevice};
-use crate::driver::Driver;
+use crate::device::DeviceError;
+use crate::impair::rules::RuleSet;
 use crate::impair::ImpairSpec;
 use crate::ip::IpConfig;
-use crate::node::clock::Clock;
+use crate::node::launch::{launch, LaunchConfig, LaunchError};
 use crate::node::{Node, NodeHandle};
-use crate::stack::{Stack, StackConfig};
+use crate::stack::StackConfig;
 use clap::Args;
-use std::io::BufWriter;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -59,6 +58,11 @@ fn parse_impair(s: &str) -> Result<ImpairSpec, String> {
     ImpairSpec::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_rules(path: &str) -> Result<RuleSet, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read rules file {path}: {e}"))?;
+    RuleSet::parse(&text).map_err(|e| format!("{path}: {e}"))
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct StackOpts {
     /// TUN device to attach to (created if it does not exist; the lab script makes tun0)
@@ -97,6 +101,14 @@ pub struct StackOpts {
     #[arg(long, value_name = "SPEC", value_parser = parse_impair)]
     pub impair_out: Option<ImpairSpec>,
 
+    /// Scripted impairment: a rules file (drop the Nth SYN, partition for a while, corrupt a byte; see docs/reliability.md)
+    #[arg(long, value_name = "FILE", value_parser = parse_rules)]
+    pub impair_rules: Option<RuleSet>,
+
+    /// Where the node keeps its identity, inbox and received files [default: /var/lib/tunstack/NAME]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// Seed for the stack's random choices (identifiers, ISN clock offsets); random if not given
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -109,130 +121,83 @@ impl StackOpts {
             .unwrap_or_else(|| format!("node-{}", self.addr.addr))
     }
 
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tunstack/{}", self.node_name())))
+    }
+
     pub fn control_path(&self) -> PathBuf {
         self.control
             .clone()
             .unwrap_or_else(|| default_control_path(&self.node_name()))
     }
 
-    /// The stack's configuration from these options; callers adjust transport settings before
-    /// building the stack.
-    pub fn stack_config(&self) -> StackConfig {
-        let seed = self.seed.unwrap_or_else(os_random_u64);
-        StackConfig::new(self.addr.addr, self.addr.prefix_len, self.mtu, seed)
-    }
 }
 
 pub fn default_control_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/tunstack/{name}.sock"))
 }
 
-/// 64 bits from the OS's randomness (std's hasher keys are drawn from it).
-pub fn os_random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
-}
+pub use crate::node::launch::{os_random_u64, Prepared};
 
-fn device_error_hint(e: &DeviceError) -> String {
+fn launch_error_hint(e: &LaunchError) -> String {
     let hint = match e {
-        DeviceError::TunMissing => {
-            "load the tun module (modprobe tun) or run where /dev/net/tun exists"
-        }
-        DeviceError::PermissionDenied { .. } => {
-            "run as root (sudo) or give the binary CAP_NET_ADMIN"
-        }
-        DeviceError::Busy { .. } => {
-            "another process has this TUN device open: stop it, or use another --tun"
-        }
-        DeviceError::NameTooLong { .. } | DeviceError::InvalidName { .. } => {
-            "pick a name of at most 15 letters, digits, '-' or '_'"
-        }
-        DeviceError::Incompatible { .. } => "delete it (ip link del NAME) or use another --tun",
-        DeviceError::Io { .. } => "check the device with 'ip link show' and the kernel log",
+        LaunchError::Device(d) => match d {
+            DeviceError::TunMissing => "load the tun module (modprobe tun) or run where /dev/net/tun exists",
+            DeviceError::PermissionDenied { .. } => "run as root (sudo) or give the binary CAP_NET_ADMIN",
+            DeviceError::Busy { .. } => "another process has this TUN device open: stop it, or use another --tun",
+            DeviceError::NameTooLong { .. } | DeviceError::InvalidName { .. } => {
+                "pick a name of at most 15 letters, digits, '-' or '_'"
+            }
+            DeviceError::Incompatible { .. } => "delete it (ip link del NAME) or use another --tun",
+            DeviceError::Io { .. } => "check the device with 'ip link show' and the kernel log",
+        },
+        LaunchError::Capture { .. } => "pass --pcap a path in a writable directory",
+        LaunchError::ControlSocket { .. } => "run as root, or pass --control PATH in a writable directory",
+        LaunchError::AlreadyRunning { .. } => "give this node another --name or --control",
+        LaunchError::DataDir { .. } => "pass --data-dir DIR in a writable place",
     };
     format!("{e}\n  hint: {hint}")
 }
 
-/// A node ready to run: its handle, and the driver that runs its event loop.
-pub struct Prepared {
-    pub handle: NodeHandle,
-    pub driver: Driver<TunDevice>,
+impl From<LaunchError> for CliError {
+    fn from(e: LaunchError) -> CliError {
+        CliError(launch_error_hint(&e))
+    }
 }
 
-/// Opens the device, capture and control socket and builds the node. `configure` adjusts the
-/// stack configuration; `setup` installs apps on the node before the loop starts.
+impl StackOpts {
+    /// The launch configuration these options describe.
+    pub fn launch_config(&self) -> LaunchConfig {
+        let mut cfg = LaunchConfig::new(&self.tun, self.addr.addr, self.addr.prefix_len);
+        cfg.mtu = self.mtu;
+        cfg.name = self.node_name();
+        cfg.pcap = self.pcap.clone();
+        cfg.control = Some(self.control_path());
+        cfg.data_dir = Some(self.data_dir());
+        cfg.seed = self.seed.unwrap_or_else(os_random_u64);
+        cfg.impair_rules = self.impair_rules.clone().unwrap_or_default();
+        cfg.impair_in = self.impair_in.clone().or_else(|| self.impair.clone());
+        cfg.impair_out = self.impair_out.clone().or_else(|| {
+            self.impair.clone().map(|mut s| {
+                // The same seed both ways would drop correlated packets in each direction.
+                s.seed = s.seed.wrapping_add(0x9e37_79b9);
+                s
+            })
+        });
+        cfg
+    }
+}
+
+/// Opens the device, capture, control socket and data directory and builds the node.
+/// `configure` adjusts the stack configuration; `setup` installs apps on the node.
 pub fn prepare(
     opts: &StackOpts,
     configure: impl FnOnce(&mut StackConfig),
     setup: impl FnOnce(&mut Node) -> Result<(), CliError>,
 ) -> Result<Prepared, CliError> {
-    let device = TunDevice::open(&opts.tun).map_err(|e| CliError(device_error_hint(&e)))?;
-    let pcap = match &opts.pcap {
-        Some(path) => {
-            let f = std::fs::File::create(path).map_err(|e| {
-                CliError(format!(
-                    "cannot create capture file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            Some(PcapWriter::new(BufWriter::new(f))?)
-        }
-        None => None,
-    };
-    let control_path = opts.control_path();
-    let listener = bind_control(&control_path)?;
-    let mut cfg = opts.stack_config();
-    configure(&mut cfg);
-    let clock = Clock::new();
-    let mut node = Node::new(opts.node_name(), Stack::new(cfg), clock.now());
-    node.tun_name = device.name().to_string();
-    let inbound = opts.impair_in.clone().or_else(|| opts.impair.clone());
-    let outbound = opts.impair_out.clone().or_else(|| {
-        opts.impair.clone().map(|mut s| {
-            // The same seed both ways would drop correlated packets in each direction.
-            s.seed = s.seed.wrapping_add(0x9e37_79b9);
-            s
-        })
-    });
-    node.set_impairment(inbound, outbound);
-    setup(&mut node)?;
-    Ok(Prepared {
-        handle: NodeHandle::new(node, clock),
-        driver: Driver {
-            device,
-            pcap,
-            control: Some((listener, control_path)),
-        },
-    })
-}
-
-fn bind_control(path: &std::path::Path) -> Result<mio::net::UnixListener, CliError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            CliError(format!(
-                "cannot create {} for the control socket: {e}\n  hint: run as root, or pass --control PATH in a writable directory",
-                dir.display()
-            ))
-        })?;
-    }
-    if path.exists() {
-        // A live node answers; a dead one left a stale socket we may replace.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(CliError(format!(
-                "a node is already running with control socket {}\n  hint: give this node another --name or --control",
-                path.display()
-            )));
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    mio::net::UnixListener::bind(path).map_err(|e| {
-        CliError(format!(
-            "cannot create control socket {}: {e}\n  hint: pass --control PATH in a writable directory",
-            path.display()
-        ))
-    })
+    launch(&opts.launch_config(), configure, setup)
 }
 
 /// Stops the node on SIGINT or SIGTERM.

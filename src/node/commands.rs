@@ -64,6 +64,36 @@ pub const VERBS: &[Verb] = &[
         run: ping,
     },
     Verb {
+        name: "sockets",
+        usage: "sockets [--json]",
+        help: "TCP connections with state, cwnd, RTT, RTO, queues (like ss -ti)",
+        run: super::tcp_commands::sockets,
+    },
+    Verb {
+        name: "send",
+        usage: "send IP TEXT... [-c CHANNEL] [--no-wait]",
+        help: "send a reliable message (protocol 170) and wait until it is delivered",
+        run: super::msg_commands::send,
+    },
+    Verb {
+        name: "messages",
+        usage: "messages [--json] [--follow] [--since N]",
+        help: "messages received, oldest first; --follow keeps printing new ones",
+        run: super::msg_commands::messages,
+    },
+    Verb {
+        name: "peers",
+        usage: "peers [--json]",
+        help: "known nodes with state, RTT and last seen",
+        run: super::msg_commands::peers,
+    },
+    Verb {
+        name: "discover",
+        usage: "discover [CIDR]",
+        help: "probe a range for nodes (default: this node's subnet) at a bounded rate",
+        run: super::msg_commands::discover,
+    },
+    Verb {
         name: "quit",
         usage: "quit",
         help: "stop the node (console only)",
@@ -141,12 +171,16 @@ pub fn status_json(h: &NodeHandle) -> serde_json::Value {
             },
             "ip": node.stack.ip.counters(),
             "tx": node.stack.tx.counters(),
+            "tcp": node.stack.tcp.counters(),
+            "tcp_connections": node.stack.tcp.connection_count(),
+            "msg": node.stack.msg.counters(),
+            "inbox": { "messages": node.messaging.inbox.last_index(), "write_errors": node.messaging.inbox.write_errors },
             "device": node.device,
             "impair": {
                 "in": node.impair_in.as_ref().map(|i| serde_json::json!({
-                    "spec": i.spec().to_string(), "counters": i.counters() })),
+                    "spec": i.spec().to_string(), "counters": i.counters(), "rules": i.rules().counters() })),
                 "out": node.impair_out.as_ref().map(|i| serde_json::json!({
-                    "spec": i.spec().to_string(), "counters": i.counters() })),
+                    "spec": i.spec().to_string(), "counters": i.counters(), "rules": i.rules().counters() })),
             },
         })
     })
@@ -216,6 +250,29 @@ fn status(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult
         s,
         "tx      out {} pkts / {} bytes, fragmented {} ({} fragments), queue full {}",
         tx["packets_out"], tx["bytes_out"], tx["fragmented"], tx["fragments_out"], tx["queue_full"]
+    );
+    let tcp = &v["tcp"];
+    let _ = writeln!(
+        s,
+        "tcp     {} connections; opens active {} passive {}; resets in {} out {}; retransmits {}",
+        v["tcp_connections"],
+        tcp["active_opens"],
+        tcp["passive_opens"],
+        tcp["resets_in"],
+        tcp["resets_out"],
+        tcp["retransmits"]
+    );
+    let msg = &v["msg"];
+    let _ = writeln!(
+        s,
+        "msg     sent {} delivered {} failed {} received {}; retransmits {} duplicates {}; inbox {}",
+        msg["messages_queued"],
+        msg["messages_delivered"],
+        msg["messages_failed"],
+        msg["messages_received"],
+        msg["retransmits"],
+        msg["duplicates"],
+        v["inbox"]["messages"]
     );
     let _ = writeln!(
         s,

@@ -8,11 +8,20 @@
 
 pub mod clock;
 pub mod commands;
+pub mod identity;
+pub mod inbox;
+pub mod launch;
+pub mod messaging;
+mod msg_commands;
+mod tcp_commands;
 
+use crate::impair::rules::RuleSet;
 use crate::impair::{ImpairSpec, Impairment};
 use crate::stack::Stack;
 use crate::time::{earliest, Duration, Instant};
 use clock::Clock;
+use inbox::Inbox;
+use messaging::Messaging;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
@@ -50,6 +59,12 @@ pub struct Node {
     pub impair_out: Option<Impairment>,
     pub device: DeviceCounters,
     pub tun_name: String,
+    /// Protocol 170 as the node sees it: the inbox and the outcome of each message sent.
+    pub messaging: Messaging,
+    /// What `--serve` started, as `kind:port`, for `sockets`.
+    pub services: Vec<String>,
+    /// Identity, inbox and received files live here (none in tests).
+    pub data_dir: Option<std::path::PathBuf>,
     started: Instant,
 }
 
@@ -63,13 +78,25 @@ impl Node {
             impair_out: None,
             device: DeviceCounters::default(),
             tun_name: String::new(),
+            messaging: Messaging::new(Inbox::in_memory(10_000), clock::rfc3339_now),
+            data_dir: None,
+            services: Vec::new(),
             started: now,
         }
     }
 
     pub fn set_impairment(&mut self, inbound: Option<ImpairSpec>, outbound: Option<ImpairSpec>) {
-        self.impair_in = inbound.filter(|s| !s.is_noop()).map(Impairment::new);
-        self.impair_out = outbound.filter(|s| !s.is_noop()).map(Impairment::new);
+        self.set_impairment_with_rules(inbound, outbound, RuleSet::default());
+    }
+
+    /// Random impairments per direction, plus scripted rules (each names its direction).
+    pub fn set_impairment_with_rules(&mut self, inbound: Option<ImpairSpec>, outbound: Option<ImpairSpec>, rules: RuleSet) {
+        let make = |spec: Option<ImpairSpec>, out: bool| {
+            let imp = Impairment::with_rules(spec.unwrap_or_default(), rules.clone(), out);
+            (!imp.is_noop()).then_some(imp)
+        };
+        self.impair_in = make(inbound, false);
+        self.impair_out = make(outbound, true);
     }
 
     pub fn uptime(&self, now: Instant) -> Duration {
@@ -84,6 +111,13 @@ impl Node {
         }
         // Apps may have queued data: let the transports send it in this same wake-up.
         self.stack.poll(now);
+        self.messaging.pump(&mut self.stack);
+    }
+
+    /// Makes durable what this turn received (one fsync for the batch). The driver calls it
+    /// before it writes the turn's packets, so no ACK leaves for a message not yet on disk.
+    pub fn commit(&mut self) {
+        self.messaging.inbox.commit();
     }
 
     /// When the node next needs attention: stack timers, apps, impairment queues.

@@ -190,10 +190,17 @@ start_node() {
 		prev=$a
 	done
 	n=${#TS_PIDS[@]}
-	local args=("$@")
+	local args=("$@") has_data=0
+	for a in "$@"; do
+		[[ $a == --data-dir ]] && has_data=1
+	done
 	if [[ -z $ctl_path ]]; then
 		ctl_path=$TS_TMP/node$n.sock
 		args+=(--control "$ctl_path")
+	fi
+	# Identity, inbox and received files stay inside the test's temp directory.
+	if ((!has_data)); then
+		args+=(--data-dir "$TS_TMP/data$n")
 	fi
 	require_tunstack
 	NODE_LOG=$TS_TMP/node$n.log

@@ -90,7 +90,7 @@ interrupt "$NODE_PID"
 # --------------------------------------------------------------- console
 log "the console on a terminal"
 python3 "$(dirname "${BASH_SOURCE[0]}")/console.py" "$NS_A" "$TUNSTACK" \
-	--tun tun0 --addr 198.18.0.2/24 --name fconsole --control "$TS_TMP/console.sock" \
+	--tun tun0 --addr 198.18.0.2/24 --name fconsole --control "$TS_TMP/console.sock" --data-dir "$TS_TMP/cdata" \
 	>"$TS_TMP/console.out" 2>&1 || {
 	cat "$TS_TMP/console.out" >&2
 	fail "console session failed"

@@ -5,7 +5,10 @@
 //! Sans-IO: `push(now, packet)` takes a packet, `pop(now)` returns those whose time has come,
 //! `poll_at()` says when the next one will be.
 
+pub mod rules;
+
 use crate::rand::Rng;
+use rules::{Action, RuleSet, Verdict};
 use crate::time::{Duration, Instant};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -218,6 +221,8 @@ pub struct ImpairCounters {
     pub delayed: u64,
     /// Dropped because the rate-limited queue was full.
     pub queue_overflow: u64,
+    /// Packets a scripted rule acted on.
+    pub rule_actions: u64,
 }
 
 struct Scheduled {
@@ -246,6 +251,9 @@ impl Ord for Scheduled {
 /// One direction of an impaired path.
 pub struct Impairment {
     spec: ImpairSpec,
+    rules: RuleSet,
+    /// Whether this impairment sits on the outbound path (rules name a direction).
+    outbound: bool,
     rng: Rng,
     heap: BinaryHeap<Reverse<Scheduled>>,
     order: u64,
@@ -270,8 +278,15 @@ const MAX_QUEUE_DELAY: Duration = Duration::from_millis(200);
 
 impl Impairment {
     pub fn new(spec: ImpairSpec) -> Impairment {
+        Impairment::with_rules(spec, RuleSet::default(), false)
+    }
+
+    /// An impairment that first applies scripted `rules` for its direction.
+    pub fn with_rules(spec: ImpairSpec, rules: RuleSet, outbound: bool) -> Impairment {
         Impairment {
             rng: Rng::new(spec.seed),
+            rules,
+            outbound,
             spec,
             heap: BinaryHeap::new(),
             order: 0,
@@ -290,7 +305,11 @@ impl Impairment {
     }
 
     pub fn is_noop(&self) -> bool {
-        self.spec.is_noop()
+        self.spec.is_noop() && self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
     }
 
     /// Packets waiting for their departure time.
@@ -316,8 +335,43 @@ impl Impairment {
 
     /// Offers a packet to the path at `now`.
     pub fn push(&mut self, now: Instant, pkt: &[u8]) {
-        let s = &self.spec;
         self.counters.packets += 1;
+        if !self.rules.is_empty() {
+            if let Verdict::Act(action) = self.rules.apply(now, self.outbound, pkt) {
+                self.counters.rule_actions += 1;
+                match action {
+                    Action::Drop => {
+                        self.counters.dropped += 1;
+                        return;
+                    }
+                    Action::Duplicate => {
+                        self.counters.duplicated += 1;
+                        self.impair(now, pkt);
+                    }
+                    Action::Delay(d) => {
+                        self.counters.delayed += 1;
+                        let copy = self.copy_of(pkt);
+                        self.schedule(now + d, copy);
+                        return;
+                    }
+                    Action::Corrupt(at) => {
+                        let mut copy = self.copy_of(pkt);
+                        if let Some(b) = copy.get_mut(at) {
+                            *b ^= 0xff;
+                            self.counters.corrupted += 1;
+                        }
+                        self.schedule(now, copy);
+                        return;
+                    }
+                }
+            }
+        }
+        self.impair(now, pkt);
+    }
+
+    /// The random impairments of the spec.
+    fn impair(&mut self, now: Instant, pkt: &[u8]) {
+        let s = &self.spec;
         if self.rng.chance(s.loss) {
             self.counters.dropped += 1;
             return;
@@ -483,6 +537,32 @@ mod tests {
         }
         // 200 ms of queue at 1 Mbit/s holds about 25 packets of 1000 bytes.
         assert!(imp.counters().queue_overflow > 900);
+    }
+
+    #[test]
+    fn test_rules_act_before_random_impairments() {
+        let rules = RuleSet::parse("out any nth=2 drop\nout any nth=3 corrupt=1\nout any nth=4 delay=5ms").unwrap();
+        let mut imp = Impairment::with_rules(ImpairSpec::default(), rules, true);
+        for i in 1..=5u8 {
+            let mut pkt = [0u8; 20];
+            pkt[0] = 0x45;
+            pkt[1] = i;
+            imp.push(Instant::ZERO, &pkt);
+        }
+        let mut got = Vec::new();
+        while let Some(p) = imp.pop(Instant::ZERO) {
+            got.push(p[1]);
+        }
+        assert_eq!(got, vec![1, !3u8, 5]);
+        assert_eq!(imp.poll_at(), Some(Instant::from_millis(5)));
+        assert_eq!(imp.counters().rule_actions, 3);
+        // Rules for the other direction do nothing here.
+        let rules = RuleSet::parse("in any always drop").unwrap();
+        let mut imp = Impairment::with_rules(ImpairSpec::default(), rules, true);
+        let mut pkt = [0u8; 20];
+        pkt[0] = 0x45;
+        imp.push(Instant::ZERO, &pkt);
+        assert!(imp.pop(Instant::ZERO).is_some());
     }
 
     #[test]

@@ -558,7 +558,7 @@ impl Conn {
                 | TcpState::CloseWait => self.error = Some(TcpError::ConnectionReset),
                 _ => {}
             }
-            self.to_closed();
+            self.enter_closed();
             return Reply::None;
         }
 
@@ -619,7 +619,7 @@ impl Conn {
             }
             TcpState::Closing if self.fin_acked() => self.enter_time_wait(env),
             TcpState::LastAck if self.fin_acked() => {
-                self.to_closed();
+                self.enter_closed();
                 return Reply::None;
             }
             _ => {}
@@ -636,7 +636,7 @@ impl Conn {
                             seq: self.snd_nxt,
                             ack: None,
                         };
-                        self.to_closed();
+                        self.enter_closed();
                         return r;
                     }
                     self.receive_data(env, seq, payload);
@@ -676,7 +676,7 @@ impl Conn {
             if h.flags.ack() {
                 env.counters.resets_in += 1;
                 self.error = Some(TcpError::ConnectionRefused);
-                self.to_closed();
+                self.enter_closed();
             }
             return Reply::None;
         }
@@ -988,7 +988,7 @@ impl Conn {
         self.close_at = Some(env.now + env.cfg.time_wait);
     }
 
-    pub fn to_closed(&mut self) {
+    pub fn enter_closed(&mut self) {
         self.state = TcpState::Closed;
         self.notify = true;
         self.rtx_at = None;
@@ -1018,7 +1018,7 @@ impl Conn {
         }
         if hard && self.state == TcpState::SynSent {
             self.error = Some(TcpError::ConnectionRefused);
-            self.to_closed();
+            self.enter_closed();
         } else {
             self.soft_error = Some(TcpError::HostUnreachable);
         }
@@ -1033,7 +1033,7 @@ impl Conn {
             if self.state != TcpState::TimeWait {
                 env.counters.fin_timeouts += 1;
             }
-            self.to_closed();
+            self.enter_closed();
             return;
         }
         if due(self.delack_at) {
@@ -1057,7 +1057,7 @@ impl Conn {
             if self.keepalive_sent >= env.cfg.keepalive_probes {
                 env.counters.keepalive_timeouts += 1;
                 self.error = Some(TcpError::TimedOut);
-                self.to_closed();
+                self.enter_closed();
                 return;
             }
             self.keepalive_sent += 1;
@@ -1082,7 +1082,7 @@ impl Conn {
         if self.backoff > limit {
             env.counters.timeouts += 1;
             self.error = Some(self.soft_error.unwrap_or(TcpError::TimedOut));
-            self.to_closed();
+            self.enter_closed();
             return;
         }
         self.rto = (self.rto * 2).min(env.cfg.rto_max);

@@ -481,6 +481,27 @@ impl Conn {
             }
         }
 
+        // Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK repeats the SYN we already
+        // took, so it fails the window test, yet its ACK completes our handshake.
+        if self.state == TcpState::SynReceived
+            && syn
+            && h.flags.ack()
+            && !rst
+            && seq == self.irs
+            && self.snd_una < h.ack
+            && h.ack <= self.snd_max
+        {
+            self.snd_una = h.ack;
+            self.snd_wnd = (h.window as usize) << self.snd_wscale;
+            self.max_snd_wnd = self.snd_wnd;
+            self.snd_wl1 = seq;
+            self.snd_wl2 = h.ack;
+            self.rtx_at = None;
+            self.established(env);
+            self.ack_now = true;
+            return Reply::None;
+        }
+
         // Acceptability (RFC 9293 section 3.10.7.4, first check).
         let seg_len = payload.len() + syn as usize + fin as usize;
         let wnd = self.rcv_adv.since(self.rcv_nxt);
@@ -537,7 +558,7 @@ impl Conn {
                 | TcpState::CloseWait => self.error = Some(TcpError::ConnectionReset),
                 _ => {}
             }
-            self.to_closed();
+            self.enter_closed();
             return Reply::None;
         }
 
@@ -598,7 +619,7 @@ impl Conn {
             }
             TcpState::Closing if self.fin_acked() => self.enter_time_wait(env),
             TcpState::LastAck if self.fin_acked() => {
-                self.to_closed();
+                self.enter_closed();
                 return Reply::None;
             }
             _ => {}
@@ -615,7 +636,7 @@ impl Conn {
                             seq: self.snd_nxt,
                             ack: None,
                         };
-                        self.to_closed();
+                        self.enter_closed();
                         return r;
                     }
                     self.receive_data(env, seq, payload);
@@ -655,7 +676,7 @@ impl Conn {
             if h.flags.ack() {
                 env.counters.resets_in += 1;
                 self.error = Some(TcpError::ConnectionRefused);
-                self.to_closed();
+                self.enter_closed();
             }
             return Reply::None;
         }
@@ -967,7 +988,7 @@ impl Conn {
         self.close_at = Some(env.now + env.cfg.time_wait);
     }
 
-    pub fn to_closed(&mut self) {
+    pub fn enter_closed(&mut self) {
         self.state = TcpState::Closed;
         self.notify = true;
         self.rtx_at = None;
@@ -997,7 +1018,7 @@ impl Conn {
         }
         if hard && self.state == TcpState::SynSent {
             self.error = Some(TcpError::ConnectionRefused);
-            self.to_closed();
+            self.enter_closed();
         } else {
             self.soft_error = Some(TcpError::HostUnreachable);
         }
@@ -1012,7 +1033,7 @@ impl Conn {
             if self.state != TcpState::TimeWait {
                 env.counters.fin_timeouts += 1;
             }
-            self.to_closed();
+            self.enter_closed();
             return;
         }
         if due(self.delack_at) {
@@ -1036,7 +1057,7 @@ impl Conn {
             if self.keepalive_sent >= env.cfg.keepalive_probes {
                 env.counters.keepalive_timeouts += 1;
                 self.error = Some(TcpError::TimedOut);
-                self.to_closed();
+                self.enter_closed();
                 return;
             }
             self.keepalive_sent += 1;
@@ -1061,7 +1082,7 @@ impl Conn {
         if self.backoff > limit {
             env.counters.timeouts += 1;
             self.error = Some(self.soft_error.unwrap_or(TcpError::TimedOut));
-            self.to_closed();
+            self.enter_closed();
             return;
         }
         self.rto = (self.rto * 2).min(env.cfg.rto_max);
@@ -1120,7 +1141,7 @@ impl Conn {
             }
             TcpState::TimeWait => {
                 if self.ack_now {
-                    self.emit(env, tx, Flags::ACK, self.snd_nxt, 0);
+                    self.emit(env, tx, Flags::ACK, self.snd_max, 0);
                 }
                 return;
             }
@@ -1135,7 +1156,13 @@ impl Conn {
             self.persist_probe = false;
             // RFC 9293 section 3.8.6.1: probe a zero window with one byte, resent until the
             // window opens; the byte is the one at SND.UNA so a probe never skips data.
-            let data = (self.snd_una.since(self.tx_seq) < self.tx.len()) as usize;
+            let off = self.snd_una.since(self.tx_seq);
+            let data = self
+                .tx
+                .len()
+                .saturating_sub(off)
+                .min(self.snd_wnd.max(1))
+                .min(self.max_payload());
             let fin = data == 0 && self.fin_queued && self.snd_una == self.fin_seq();
             let flags = if fin {
                 Flags::ACK | Flags::FIN
@@ -1158,13 +1185,19 @@ impl Conn {
             }
         }
         if !sent && self.ack_now {
-            self.emit(env, tx, Flags::ACK, self.snd_nxt, 0);
+            // SND.MAX, not SND.NXT: after a timeout SND.NXT points back into data the peer may
+            // already hold, and a bare ACK carrying that sequence number would fail the peer's
+            // acceptability test and be dropped with its acknowledgment unread.
+            self.emit(env, tx, Flags::ACK, self.snd_max, 0);
         }
         // Timers: retransmission while the peer's window is open, persist while it is shut.
         let outstanding = self.snd_max > self.snd_una;
         let pending = self.tx.len() > self.snd_nxt.since(self.tx_seq)
             || (self.fin_queued && self.snd_max <= self.fin_seq());
-        if self.snd_wnd == 0 && (pending || outstanding) {
+        // A window too small for the sender's SWS rule with nothing in flight would wait
+        // forever for an update the peer may never send: the persist timer covers that case
+        // too (RFC 9293 section 3.8.6.2.1's override timeout).
+        if (self.snd_wnd == 0 && (pending || outstanding)) || (pending && !outstanding && !sent) {
             self.rtx_at = None;
             if self.persist_at.is_none() {
                 self.persist_at = Some(env.now + self.backed_off(env, self.persist_backoff));

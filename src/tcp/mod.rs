@@ -607,7 +607,7 @@ impl Tcp {
         let Ok(c) = self.conn_mut(h) else { return };
         match c.state {
             TcpState::Closed | TcpState::SynSent | TcpState::Listen => {
-                c.to_closed();
+                c.enter_closed();
                 c.orphaned = true;
             }
             _ if !c.rx.is_empty() => {
@@ -644,7 +644,7 @@ impl Tcp {
         );
         let (local, remote) = (c.local, c.remote);
         let seq = c.snd_nxt();
-        c.to_closed();
+        c.enter_closed();
         if send_rst {
             self.counters.resets_out += 1;
             self.pending_rsts.push((local.port(), remote, seq));
@@ -819,7 +819,7 @@ impl Tcp {
             return;
         }
         if let Some(d) = c.deadline() {
-            if c.scheduled.is_none_or(|s| d < s) {
+            if c.scheduled.map_or(true, |s| d < s) {
                 c.scheduled = Some(d);
                 self.timers.push(Reverse((d, i, gen)));
             }

@@ -33,7 +33,10 @@ pub enum ApiError {
     Launch(LaunchError),
     Send(MsgError),
     /// The message could not be delivered after every retry.
-    Failed { to: Ipv4Addr, reason: String },
+    Failed {
+        to: Ipv4Addr,
+        reason: String,
+    },
     TimedOut,
     Stopped,
     Io(std::io::Error),
@@ -85,7 +88,13 @@ impl TunstackNode {
     }
 
     /// Queues a reliable message; the outcome comes through [`TunstackNode::wait_delivered`].
-    pub fn send_message(&self, dest: Ipv4Addr, text: &str, sender: &str, channel: &str) -> Result<MessageId, ApiError> {
+    pub fn send_message(
+        &self,
+        dest: Ipv4Addr,
+        text: &str,
+        sender: &str,
+        channel: &str,
+    ) -> Result<MessageId, ApiError> {
         self.handle.with(|n, now| {
             let msg = Message {
                 content: text.to_string(),
@@ -94,7 +103,11 @@ impl TunstackNode {
                 timestamp: rfc3339_now(),
                 is_file: false,
             };
-            let id = n.stack.msg.send_message(now, dest, msg).map_err(ApiError::Send)?;
+            let id = n
+                .stack
+                .msg
+                .send_message(now, dest, msg)
+                .map_err(ApiError::Send)?;
             n.messaging.track(id);
             Ok(id)
         })
@@ -102,10 +115,12 @@ impl TunstackNode {
 
     /// Waits until the message is acknowledged, or fails with the reason.
     pub fn wait_delivered(&self, id: MessageId, timeout: Duration) -> Result<(), ApiError> {
-        let r = self.handle.wait(Some(timeout), |n, _| match n.messaging.outcome(id) {
-            Some(SendOutcome::Pending) | None => None,
-            Some(o) => Some(o.clone()),
-        });
+        let r = self
+            .handle
+            .wait(Some(timeout), |n, _| match n.messaging.outcome(id) {
+                Some(SendOutcome::Pending) | None => None,
+                Some(o) => Some(o.clone()),
+            });
         match r {
             Some(SendOutcome::Delivered { .. }) => Ok(()),
             Some(SendOutcome::Failed { to, reason }) => Err(ApiError::Failed { to, reason }),

@@ -42,7 +42,9 @@ pub struct TcpListener {
 
 impl TcpListener {
     pub fn bind(node: &NodeHandle, port: u16) -> io::Result<TcpListener> {
-        let handle = node.with(|n, _| n.stack.tcp.listen(port)).map_err(io_error)?;
+        let handle = node
+            .with(|n, _| n.stack.tcp.listen(port))
+            .map_err(io_error)?;
         Ok(TcpListener {
             node: node.clone(),
             handle,
@@ -60,7 +62,10 @@ impl TcpListener {
     }
 
     /// Waits at most `timeout` (`None`: forever); `Ok(None)` when the time runs out.
-    pub fn accept_timeout(&self, timeout: Option<Duration>) -> io::Result<Option<(TcpStream, SocketAddrV4)>> {
+    pub fn accept_timeout(
+        &self,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<(TcpStream, SocketAddrV4)>> {
         let got = self.node.wait(timeout, |n, _| {
             let h = n.stack.tcp.accept(self.handle)?;
             let peer = n.stack.tcp.peer_addr(h)?;
@@ -115,8 +120,14 @@ impl TcpStream {
 
     /// Opens a connection and waits for the handshake (at most `timeout`, or the stack's own
     /// SYN retry limit).
-    pub fn connect(node: &NodeHandle, addr: SocketAddrV4, timeout: Option<Duration>) -> io::Result<TcpStream> {
-        let h = node.with(|n, now| n.stack.tcp.connect(now, addr)).map_err(io_error)?;
+    pub fn connect(
+        node: &NodeHandle,
+        addr: SocketAddrV4,
+        timeout: Option<Duration>,
+    ) -> io::Result<TcpStream> {
+        let h = node
+            .with(|n, now| n.stack.tcp.connect(now, addr))
+            .map_err(io_error)?;
         let stream = TcpStream::from_handle(node, h);
         let outcome = node.wait(timeout, |n, _| {
             let tcp = &n.stack.tcp;
@@ -176,7 +187,9 @@ impl TcpStream {
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         let h = self.inner.handle;
         if matches!(how, Shutdown::Write | Shutdown::Both) {
-            self.node().with(|n, _| n.stack.tcp.shutdown_write(h)).map_err(io_error)?;
+            self.node()
+                .with(|n, _| n.stack.tcp.shutdown_write(h))
+                .map_err(io_error)?;
         }
         Ok(())
     }

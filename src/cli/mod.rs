@@ -4,8 +4,8 @@
 mod console;
 mod ctl;
 mod node;
-pub mod tcp;
 pub mod stack_opts;
+pub mod tcp;
 
 use clap::{Parser, Subcommand};
 use std::fmt;

@@ -38,8 +38,12 @@ pub fn run(args: NodeArgs) -> Result<i32, CliError> {
         |cfg| cfg.msg.peers = peers,
         |node| {
             if !serve.is_empty() {
-                let services = Services::new(&mut node.stack, &serve, rfc867_daytime).map_err(CliError)?;
-                node.services = serve.iter().map(|s| format!("{}:{}", s.kind, s.port)).collect();
+                let services =
+                    Services::new(&mut node.stack, &serve, rfc867_daytime).map_err(CliError)?;
+                node.services = serve
+                    .iter()
+                    .map(|s| format!("{}:{}", s.kind, s.port))
+                    .collect();
                 node.apps.push(Box::new(services));
             }
             Ok(())

@@ -59,7 +59,8 @@ fn parse_impair(s: &str) -> Result<ImpairSpec, String> {
 }
 
 fn parse_rules(path: &str) -> Result<RuleSet, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read rules file {path}: {e}"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read rules file {path}: {e}"))?;
     RuleSet::parse(&text).map_err(|e| format!("{path}: {e}"))
 }
 
@@ -132,7 +133,6 @@ impl StackOpts {
             .clone()
             .unwrap_or_else(|| default_control_path(&self.node_name()))
     }
-
 }
 
 pub fn default_control_path(name: &str) -> PathBuf {
@@ -144,9 +144,15 @@ pub use crate::node::launch::{os_random_u64, Prepared};
 fn launch_error_hint(e: &LaunchError) -> String {
     let hint = match e {
         LaunchError::Device(d) => match d {
-            DeviceError::TunMissing => "load the tun module (modprobe tun) or run where /dev/net/tun exists",
-            DeviceError::PermissionDenied { .. } => "run as root (sudo) or give the binary CAP_NET_ADMIN",
-            DeviceError::Busy { .. } => "another process has this TUN device open: stop it, or use another --tun",
+            DeviceError::TunMissing => {
+                "load the tun module (modprobe tun) or run where /dev/net/tun exists"
+            }
+            DeviceError::PermissionDenied { .. } => {
+                "run as root (sudo) or give the binary CAP_NET_ADMIN"
+            }
+            DeviceError::Busy { .. } => {
+                "another process has this TUN device open: stop it, or use another --tun"
+            }
             DeviceError::NameTooLong { .. } | DeviceError::InvalidName { .. } => {
                 "pick a name of at most 15 letters, digits, '-' or '_'"
             }
@@ -154,7 +160,9 @@ fn launch_error_hint(e: &LaunchError) -> String {
             DeviceError::Io { .. } => "check the device with 'ip link show' and the kernel log",
         },
         LaunchError::Capture { .. } => "pass --pcap a path in a writable directory",
-        LaunchError::ControlSocket { .. } => "run as root, or pass --control PATH in a writable directory",
+        LaunchError::ControlSocket { .. } => {
+            "run as root, or pass --control PATH in a writable directory"
+        }
         LaunchError::AlreadyRunning { .. } => "give this node another --name or --control",
         LaunchError::DataDir { .. } => "pass --data-dir DIR in a writable place",
     };

@@ -65,7 +65,8 @@ pub fn run(args: TcpArgs) -> Result<i32, CliError> {
             }
         }
         (TcpCommand::Listen { port, .. }, None) => {
-            let l = TcpListener::bind(&handle, *port).map_err(|e| CliError(format!("cannot listen on {port}: {e}")))?;
+            let l = TcpListener::bind(&handle, *port)
+                .map_err(|e| CliError(format!("cannot listen on {port}: {e}")))?;
             log::info!("listening on {}:{port}", stack.addr.addr);
             match l.accept() {
                 Ok((s, peer)) => {

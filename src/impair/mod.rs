@@ -8,8 +8,8 @@
 pub mod rules;
 
 use crate::rand::Rng;
-use rules::{Action, RuleSet, Verdict};
 use crate::time::{Duration, Instant};
+use rules::{Action, RuleSet, Verdict};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -541,7 +541,9 @@ mod tests {
 
     #[test]
     fn test_rules_act_before_random_impairments() {
-        let rules = RuleSet::parse("out any nth=2 drop\nout any nth=3 corrupt=1\nout any nth=4 delay=5ms").unwrap();
+        let rules =
+            RuleSet::parse("out any nth=2 drop\nout any nth=3 corrupt=1\nout any nth=4 delay=5ms")
+                .unwrap();
         let mut imp = Impairment::with_rules(ImpairSpec::default(), rules, true);
         for i in 1..=5u8 {
             let mut pkt = [0u8; 20];

@@ -91,7 +91,12 @@ fn tcp_flag_bits(s: &str, line: usize) -> Result<u8, SpecError> {
             'P' => 0x08,
             'A' => 0x10,
             'U' => 0x20,
-            other => return Err(err(line, format!("unknown TCP flag '{other}' (use F S R P A U)"))),
+            other => {
+                return Err(err(
+                    line,
+                    format!("unknown TCP flag '{other}' (use F S R P A U)"),
+                ))
+            }
         };
     }
     Ok(bits)
@@ -105,10 +110,12 @@ fn parse_protocol(s: &str, line: usize) -> Result<Option<u8>, SpecError> {
         "udp" => Some(17),
         "msg" => Some(170),
         "file" => Some(171),
-        n => Some(
-            n.parse()
-                .map_err(|_| err(line, format!("'{n}' is not a protocol (any, icmp, tcp, udp, msg, file, or 0-255)")))?,
-        ),
+        n => Some(n.parse().map_err(|_| {
+            err(
+                line,
+                format!("'{n}' is not a protocol (any, icmp, tcp, udp, msg, file, or 0-255)"),
+            )
+        })?),
     })
 }
 
@@ -126,10 +133,17 @@ impl Rule {
             Some("in") => Direction::In,
             Some("out") => Direction::Out,
             Some("both") => Direction::Both,
-            other => return Err(err(line_no, format!("expected in, out or both, found {other:?}"))),
+            other => {
+                return Err(err(
+                    line_no,
+                    format!("expected in, out or both, found {other:?}"),
+                ))
+            }
         };
         let protocol = parse_protocol(
-            words.next().ok_or_else(|| err(line_no, "missing protocol"))?,
+            words
+                .next()
+                .ok_or_else(|| err(line_no, "missing protocol"))?,
             line_no,
         )?;
         let mut rule = Rule {
@@ -148,7 +162,9 @@ impl Rule {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
             match k {
                 "sport" | "dport" => {
-                    let p: u16 = v.parse().map_err(|_| err(line_no, format!("'{v}' is not a port")))?;
+                    let p: u16 = v
+                        .parse()
+                        .map_err(|_| err(line_no, format!("'{v}' is not a port")))?;
                     if k == "sport" {
                         rule.sport = Some(p);
                     } else {
@@ -174,12 +190,15 @@ impl Rule {
                 "to" => to = Some(parse_duration(v).map_err(|e| err(line_no, e.0))?),
                 "drop" => action = Some(Action::Drop),
                 "duplicate" => action = Some(Action::Duplicate),
-                "delay" => action = Some(Action::Delay(parse_duration(v).map_err(|e| err(line_no, e.0))?)),
-                "corrupt" => {
-                    action = Some(Action::Corrupt(
-                        v.parse()
-                            .map_err(|_| err(line_no, format!("corrupt needs a byte offset, found '{v}'")))?,
+                "delay" => {
+                    action = Some(Action::Delay(
+                        parse_duration(v).map_err(|e| err(line_no, e.0))?,
                     ))
+                }
+                "corrupt" => {
+                    action = Some(Action::Corrupt(v.parse().map_err(|_| {
+                        err(line_no, format!("corrupt needs a byte offset, found '{v}'"))
+                    })?))
                 }
                 other => return Err(err(line_no, format!("unknown word '{other}'"))),
             }
@@ -190,8 +209,15 @@ impl Rule {
                 to: to.unwrap_or(Duration::MAX),
             };
         }
-        rule.action = action.ok_or_else(|| err(line_no, "missing action (drop, duplicate, delay=..., corrupt=...)"))?;
-        if (rule.sport.is_some() || rule.dport.is_some()) && !matches!(rule.protocol, Some(6) | Some(17)) {
+        rule.action = action.ok_or_else(|| {
+            err(
+                line_no,
+                "missing action (drop, duplicate, delay=..., corrupt=...)",
+            )
+        })?;
+        if (rule.sport.is_some() || rule.dport.is_some())
+            && !matches!(rule.protocol, Some(6) | Some(17))
+        {
             return Err(err(line_no, "sport/dport need protocol tcp or udp"));
         }
         if rule.flags != 0 && rule.protocol != Some(6) {
@@ -232,7 +258,10 @@ impl Rule {
     }
 
     fn describe(&self) -> String {
-        format!("{:?} {:?} {:?} -> {:?}", self.direction, self.protocol, self.when, self.action)
+        format!(
+            "{:?} {:?} {:?} -> {:?}",
+            self.direction, self.protocol, self.when, self.action
+        )
     }
 }
 
@@ -334,7 +363,10 @@ mod tests {
             }
         );
         assert_eq!(rs.rules()[3].action, Action::Corrupt(40));
-        assert_eq!(rs.rules()[4].action, Action::Delay(Duration::from_millis(200)));
+        assert_eq!(
+            rs.rules()[4].action,
+            Action::Delay(Duration::from_millis(200))
+        );
     }
 
     #[test]
@@ -358,8 +390,16 @@ mod tests {
         let syn = tcp(1000, 80, 0x02);
         let t = Instant::ZERO;
         assert_eq!(rs.apply(t, true, &syn), Verdict::Pass);
-        assert_eq!(rs.apply(t, false, &syn), Verdict::Pass, "inbound does not count");
-        assert_eq!(rs.apply(t, true, &tcp(1000, 80, 0x10)), Verdict::Pass, "not a SYN");
+        assert_eq!(
+            rs.apply(t, false, &syn),
+            Verdict::Pass,
+            "inbound does not count"
+        );
+        assert_eq!(
+            rs.apply(t, true, &tcp(1000, 80, 0x10)),
+            Verdict::Pass,
+            "not a SYN"
+        );
         assert_eq!(rs.apply(t, true, &syn), Verdict::Act(Action::Drop));
         assert_eq!(rs.apply(t, true, &syn), Verdict::Pass);
         assert_eq!(rs.counters()[0].matched, 3);
@@ -371,8 +411,14 @@ mod tests {
         let mut rs = RuleSet::parse("both tcp dport=80 from=1s to=2s drop").unwrap();
         let p = tcp(5, 80, 0x10);
         assert_eq!(rs.apply(Instant::ZERO, true, &p), Verdict::Pass);
-        assert_eq!(rs.apply(Instant::from_millis(1500), false, &p), Verdict::Act(Action::Drop));
-        assert_eq!(rs.apply(Instant::from_millis(1500), true, &tcp(5, 81, 0x10)), Verdict::Pass);
+        assert_eq!(
+            rs.apply(Instant::from_millis(1500), false, &p),
+            Verdict::Act(Action::Drop)
+        );
+        assert_eq!(
+            rs.apply(Instant::from_millis(1500), true, &tcp(5, 81, 0x10)),
+            Verdict::Pass
+        );
         assert_eq!(rs.apply(Instant::from_secs(2), true, &p), Verdict::Pass);
     }
 

@@ -41,7 +41,10 @@ pub fn load(dir: &Path, fresh_id: u64, unix_secs: u64) -> io::Result<Identity> {
     let last = read_u64(&epoch_path).unwrap_or(0);
     let boot_epoch = (last + 1).max(unix_secs);
     write_durably(&epoch_path, boot_epoch)?;
-    Ok(Identity { node_id, boot_epoch })
+    Ok(Identity {
+        node_id,
+        boot_epoch,
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +56,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tunstack-id-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let a = load(&dir, 42, 1000).unwrap();
-        assert_eq!(a, Identity { node_id: 42, boot_epoch: 1000 });
+        assert_eq!(
+            a,
+            Identity {
+                node_id: 42,
+                boot_epoch: 1000
+            }
+        );
         let b = load(&dir, 99, 1000).unwrap();
         assert_eq!(b.node_id, 42);
         assert_eq!(b.boot_epoch, 1001);

@@ -177,7 +177,10 @@ mod tests {
             ib.commit();
         }
         // A crash in the middle of a write leaves half a line.
-        let mut f = OpenOptions::new().append(true).open(dir.join("inbox.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join("inbox.log"))
+            .unwrap();
         f.write_all(b"{\"index\":3,\"fro").unwrap();
         drop(f);
         let mut ib = Inbox::open(&dir, 100).unwrap();
@@ -186,7 +189,10 @@ mod tests {
         assert_eq!(ib.push(from, "t".into(), msg("three")), 3);
         ib.commit();
         let ib = Inbox::open(&dir, 2).unwrap();
-        let got: Vec<_> = ib.since(0).map(|e| (e.index, e.msg.content.clone())).collect();
+        let got: Vec<_> = ib
+            .since(0)
+            .map(|e| (e.index, e.msg.content.clone()))
+            .collect();
         assert_eq!(got, vec![(2, "two".to_string()), (3, "three".to_string())]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -73,10 +73,18 @@ impl fmt::Display for LaunchError {
                 write!(f, "cannot create capture file {}: {source}", path.display())
             }
             LaunchError::ControlSocket { path, source } => {
-                write!(f, "cannot create control socket {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot create control socket {}: {source}",
+                    path.display()
+                )
             }
             LaunchError::AlreadyRunning { path } => {
-                write!(f, "a node is already running with control socket {}", path.display())
+                write!(
+                    f,
+                    "a node is already running with control socket {}",
+                    path.display()
+                )
             }
             LaunchError::DataDir { path, source } => {
                 write!(f, "cannot use data directory {}: {source}", path.display())
@@ -124,7 +132,8 @@ pub fn launch<E: From<LaunchError>>(
     let device = TunDevice::open(&cfg.tun).map_err(LaunchError::Device)?;
     let pcap = match &cfg.pcap {
         Some(path) => {
-            let capture = std::fs::File::create(path).and_then(|f| PcapWriter::new(BufWriter::new(f)));
+            let capture =
+                std::fs::File::create(path).and_then(|f| PcapWriter::new(BufWriter::new(f)));
             Some(capture.map_err(|source| LaunchError::Capture {
                 path: path.clone(),
                 source,
@@ -150,7 +159,8 @@ pub fn launch<E: From<LaunchError>>(
                 path: dir.clone(),
                 source,
             };
-            let id = identity::load(dir, os_random_u64(), unix_micros() / 1_000_000).map_err(data_err)?;
+            let id = identity::load(dir, os_random_u64(), unix_micros() / 1_000_000)
+                .map_err(data_err)?;
             stack_cfg.msg.node_id = id.node_id;
             stack_cfg.msg.boot_epoch = id.boot_epoch;
             Inbox::open(dir, 10_000).map_err(data_err)?
@@ -164,13 +174,21 @@ pub fn launch<E: From<LaunchError>>(
     let clock = Clock::new();
     let mut node = Node::new(cfg.name.clone(), Stack::new(stack_cfg), clock.now());
     node.tun_name = device.name().to_string();
-    node.set_impairment_with_rules(cfg.impair_in.clone(), cfg.impair_out.clone(), cfg.impair_rules.clone());
+    node.set_impairment_with_rules(
+        cfg.impair_in.clone(),
+        cfg.impair_out.clone(),
+        cfg.impair_rules.clone(),
+    );
     node.messaging = Messaging::new(inbox, rfc3339_now);
     node.data_dir = cfg.data_dir.clone();
     setup(&mut node)?;
     Ok(Prepared {
         handle: NodeHandle::new(node, clock),
-        driver: Driver { device, pcap, control },
+        driver: Driver {
+            device,
+            pcap,
+            control,
+        },
     })
 }
 

@@ -90,7 +90,12 @@ impl Node {
     }
 
     /// Random impairments per direction, plus scripted rules (each names its direction).
-    pub fn set_impairment_with_rules(&mut self, inbound: Option<ImpairSpec>, outbound: Option<ImpairSpec>, rules: RuleSet) {
+    pub fn set_impairment_with_rules(
+        &mut self,
+        inbound: Option<ImpairSpec>,
+        outbound: Option<ImpairSpec>,
+        rules: RuleSet,
+    ) {
         let make = |spec: Option<ImpairSpec>, out: bool| {
             let imp = Impairment::with_rules(spec.unwrap_or_default(), rules.clone(), out);
             (!imp.is_noop()).then_some(imp)

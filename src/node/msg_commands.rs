@@ -10,7 +10,8 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 
 fn parse_ip(s: &str) -> Result<Ipv4Addr, CommandError> {
-    s.parse().map_err(|_| CommandError(format!("'{s}' is not an IPv4 address")))
+    s.parse()
+        .map_err(|_| CommandError(format!("'{s}' is not an IPv4 address")))
 }
 
 /// `send IP TEXT... [-c CHANNEL] [--no-wait]`: sends a message and, unless told not to, waits
@@ -35,7 +36,9 @@ pub fn send(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
         i += 1;
     }
     if words.len() < 2 {
-        return Err(CommandError("usage: send IP TEXT... [-c CHANNEL] [--no-wait]".into()));
+        return Err(CommandError(
+            "usage: send IP TEXT... [-c CHANNEL] [--no-wait]".into(),
+        ));
     }
     let dst = parse_ip(&words[0])?;
     let content = words[1..].join(" ");
@@ -57,9 +60,11 @@ pub fn send(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
         writeln!(out, "queued message {} to {dst}", id.0)?;
         return Ok(Outcome::Continue);
     }
-    let outcome = h.wait(Some(Duration::from_secs(120)), |n, _| match n.messaging.outcome(id) {
-        Some(SendOutcome::Pending) | None => None,
-        Some(o) => Some(o.clone()),
+    let outcome = h.wait(Some(Duration::from_secs(120)), |n, _| {
+        match n.messaging.outcome(id) {
+            Some(SendOutcome::Pending) | None => None,
+            Some(o) => Some(o.clone()),
+        }
     });
     match outcome {
         Some(SendOutcome::Delivered { to }) => {
@@ -71,8 +76,13 @@ pub fn send(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
             )?;
             Ok(Outcome::Continue)
         }
-        Some(SendOutcome::Failed { to, reason }) => Err(CommandError(format!("message to {to} failed: {reason}"))),
-        _ => Err(CommandError(format!("no outcome for message {} yet; still trying", id.0))),
+        Some(SendOutcome::Failed { to, reason }) => {
+            Err(CommandError(format!("message to {to} failed: {reason}")))
+        }
+        _ => Err(CommandError(format!(
+            "no outcome for message {} yet; still trying",
+            id.0
+        ))),
     }
 }
 
@@ -127,11 +137,18 @@ pub fn messages(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> Command
 pub fn peers(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult {
     let peers = h.with(|n, now| n.stack.msg.peers(now));
     if args.iter().any(|a| a == "--json") {
-        writeln!(out, "{}", serde_json::to_string_pretty(&peers).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&peers).unwrap_or_default()
+        )?;
         return Ok(Outcome::Continue);
     }
     if peers.is_empty() {
-        writeln!(out, "no peers yet (add one with --peer IP, or run 'discover')")?;
+        writeln!(
+            out,
+            "no peers yet (add one with --peer IP, or run 'discover')"
+        )?;
         return Ok(Outcome::Continue);
     }
     writeln!(
@@ -146,7 +163,9 @@ pub fn peers(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandRes
             p.addr.to_string(),
             p.name,
             format!("{:?}", p.state).to_lowercase(),
-            p.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into()),
+            p.rtt_ms
+                .map(|r| format!("{r:.2} ms"))
+                .unwrap_or_else(|| "-".into()),
             p.last_seen_ms_ago
                 .map(|t| format!("{:.1}s ago", t as f64 / 1000.0))
                 .unwrap_or_else(|| "never".into()),
@@ -160,14 +179,18 @@ pub fn peers(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandRes
 pub fn discover(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult {
     let (net, prefix) = match args.first() {
         Some(c) => {
-            let (a, p) = c
-                .split_once('/')
-                .ok_or_else(|| CommandError(format!("'{c}': expected a range such as 198.18.0.0/24")))?;
+            let (a, p) = c.split_once('/').ok_or_else(|| {
+                CommandError(format!("'{c}': expected a range such as 198.18.0.0/24"))
+            })?;
             let p: u8 = p
                 .parse()
                 .ok()
                 .filter(|p| (16..=32).contains(p))
-                .ok_or_else(|| CommandError("prefix length must be from 16 to 32 (at most 65,536 probes)".into()))?;
+                .ok_or_else(|| {
+                    CommandError(
+                        "prefix length must be from 16 to 32 (at most 65,536 probes)".into(),
+                    )
+                })?;
             (parse_ip(a)?, p)
         }
         None => h.with(|n, _| {
@@ -177,7 +200,10 @@ pub fn discover(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> Command
     };
     let (rate, count) = h.with(|n, now| {
         n.stack.msg.discover(now, net, prefix);
-        (n.stack.msg.config().discover_rate, 1u64 << (32 - prefix as u32))
+        (
+            n.stack.msg.config().discover_rate,
+            1u64 << (32 - prefix as u32),
+        )
     });
     writeln!(
         out,

@@ -8,7 +8,11 @@ pub fn sockets(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandR
     let (socks, services) = h.with(|n, _| (n.stack.tcp.sockets(), n.services.clone()));
     if args.iter().any(|a| a == "--json") {
         let v = serde_json::json!({ "services": services, "connections": socks });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )?;
         return Ok(Outcome::Continue);
     }
     if !services.is_empty() {

@@ -75,9 +75,12 @@ impl FromStr for ServiceSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<ServiceSpec, String> {
         let names: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let (k, p) = s
-            .split_once(':')
-            .ok_or_else(|| format!("'{s}': expected KIND:PORT, e.g. echo:7 (kinds: {})", names.join(", ")))?;
+        let (k, p) = s.split_once(':').ok_or_else(|| {
+            format!(
+                "'{s}': expected KIND:PORT, e.g. echo:7 (kinds: {})",
+                names.join(", ")
+            )
+        })?;
         let kind = ServiceKind::ALL
             .iter()
             .copied()
@@ -133,7 +136,11 @@ pub struct Services {
 
 impl Services {
     /// Opens a listener per spec.
-    pub fn new(stack: &mut Stack, specs: &[ServiceSpec], wall_clock: WallClock) -> Result<Services, String> {
+    pub fn new(
+        stack: &mut Stack,
+        specs: &[ServiceSpec],
+        wall_clock: WallClock,
+    ) -> Result<Services, String> {
         let mut listeners = Vec::new();
         for s in specs {
             let l = stack
@@ -263,8 +270,10 @@ const HTTP_MAX_BODY: u64 = 16 << 30;
 
 /// Collects the request head; once the blank line arrives, queues the response.
 fn http_request(c: &mut Conn, data: &[u8]) {
-    c.line.extend_from_slice(&data[..data.len().min(LINE_LIMIT.saturating_sub(c.line.len()))]);
-    let head_done = c.line.windows(4).any(|w| w == b"\r\n\r\n") || c.line.windows(2).any(|w| w == b"\n\n");
+    c.line
+        .extend_from_slice(&data[..data.len().min(LINE_LIMIT.saturating_sub(c.line.len()))]);
+    let head_done =
+        c.line.windows(4).any(|w| w == b"\r\n\r\n") || c.line.windows(2).any(|w| w == b"\n\n");
     if !head_done && c.line.len() < LINE_LIMIT {
         return;
     }
@@ -304,7 +313,11 @@ fn http_request(c: &mut Conn, data: &[u8]) {
         }
         return;
     }
-    respond(c, "200 OK", b"hello from tunstack, a userspace TCP/IP stack\n");
+    respond(
+        c,
+        "200 OK",
+        b"hello from tunstack, a userspace TCP/IP stack\n",
+    );
 }
 
 /// The body of `GET /bytes/N`: byte i is `i % 251`, so a client can check it without a copy.
@@ -410,8 +423,14 @@ mod tests {
                 port: 7
             })
         );
-        assert!("echo".parse::<ServiceSpec>().unwrap_err().contains("KIND:PORT"));
-        assert!("ftp:21".parse::<ServiceSpec>().unwrap_err().contains("unknown service"));
+        assert!("echo"
+            .parse::<ServiceSpec>()
+            .unwrap_err()
+            .contains("KIND:PORT"));
+        assert!("ftp:21"
+            .parse::<ServiceSpec>()
+            .unwrap_err()
+            .contains("unknown service"));
         assert!("echo:0".parse::<ServiceSpec>().is_err());
         assert!("echo:70000".parse::<ServiceSpec>().is_err());
     }

@@ -819,7 +819,7 @@ impl Tcp {
             return;
         }
         if let Some(d) = c.deadline() {
-            if c.scheduled.map_or(true, |s| d < s) {
+            if c.scheduled.is_none_or(|s| d < s) {
                 c.scheduled = Some(d);
                 self.timers.push(Reverse((d, i, gen)));
             }

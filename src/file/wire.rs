@@ -245,7 +245,10 @@ mod tests {
         r.emit(&mut buf);
         assert_eq!(buf, lit);
         assert_eq!(&Repr::parse(r.ty(), lit).unwrap(), r);
-        assert!(Repr::parse(r.ty(), &lit[..lit.len() - 1]).is_err() || lit.len() == 12);
+        // DATA's chunk length is implied by the packet length, so only the others can be short.
+        if r.ty() != ty::DATA && lit.len() > 8 {
+            assert!(Repr::parse(r.ty(), &lit[..lit.len() - 1]).is_err());
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod msg;
 pub mod rand;
 pub mod sim;
 pub mod stack;
+pub mod storage;
 pub mod tcp;
 pub mod time;
 pub mod wire;

@@ -25,6 +25,7 @@ pub mod rand;
 pub mod services;
 pub mod sim;
 pub mod stack;
+pub mod storage;
 pub mod tcp;
 pub mod time;
 pub mod wire;

@@ -22,7 +22,10 @@ pub fn run(h: NodeHandle) {
             }
             Ok(_) => {}
         }
-        let words = split_words(&line);
+        let mut words = split_words(&line);
+        if words.first().map(String::as_str) == Some("file") {
+            words.push("--progress".into());
+        }
         match execute(&h, &words, &mut out) {
             Ok(Outcome::Quit) => return,
             Ok(Outcome::Continue) => {}

@@ -3,7 +3,7 @@
 use super::stack_opts::default_control_path;
 use super::CliError;
 use clap::Args;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -47,7 +47,19 @@ pub fn run(args: CtlArgs) -> Result<i32, CliError> {
             path.display()
         ))
     })?;
-    let line = serde_json::to_string(&args.command)?;
+    let mut command = args.command.clone();
+    if command.first().map(String::as_str) == Some("file") {
+        // The node resolves paths from its own working directory: send an absolute one.
+        if let Some(p) = command.iter_mut().skip(2).find(|a| !a.starts_with('-')) {
+            if let Ok(abs) = std::fs::canonicalize(&*p) {
+                *p = abs.to_string_lossy().into_owned();
+            }
+        }
+        if std::io::stdout().is_terminal() {
+            command.push("--progress".into());
+        }
+    }
+    let line = serde_json::to_string(&command)?;
     s.write_all(line.as_bytes())?;
     s.write_all(b"\n")?;
     // Stream the answer as it comes (ping prints line by line); remember whether it was an error.

@@ -76,6 +76,18 @@ pub const VERBS: &[Verb] = &[
         run: super::msg_commands::send,
     },
     Verb {
+        name: "file",
+        usage: "file IP[,IP...] PATH [-c CHANNEL] [--no-wait]",
+        help: "send a file (protocol 171) to one or more nodes, with progress",
+        run: super::file_commands::file,
+    },
+    Verb {
+        name: "transfers",
+        usage: "transfers [--json]",
+        help: "file transfers in progress, with progress and rate",
+        run: super::file_commands::transfers,
+    },
+    Verb {
         name: "messages",
         usage: "messages [--json] [--follow] [--since N]",
         help: "messages received, oldest first; --follow keeps printing new ones",
@@ -174,6 +186,7 @@ pub fn status_json(h: &NodeHandle) -> serde_json::Value {
             "tcp": node.stack.tcp.counters(),
             "tcp_connections": node.stack.tcp.connection_count(),
             "msg": node.stack.msg.counters(),
+            "file": node.stack.file.counters(),
             "inbox": { "messages": node.messaging.inbox.last_index(), "write_errors": node.messaging.inbox.write_errors },
             "device": node.device,
             "impair": {

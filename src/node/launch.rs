@@ -11,6 +11,7 @@ use crate::driver::Driver;
 use crate::impair::rules::RuleSet;
 use crate::impair::ImpairSpec;
 use crate::stack::{Stack, StackConfig};
+use crate::storage::disk::DiskStore;
 use std::fmt;
 use std::io::{self, BufWriter};
 use std::net::Ipv4Addr;
@@ -163,10 +164,13 @@ pub fn launch<E: From<LaunchError>>(
                 .map_err(data_err)?;
             stack_cfg.msg.node_id = id.node_id;
             stack_cfg.msg.boot_epoch = id.boot_epoch;
+            stack_cfg.file.node_id = id.node_id;
+            stack_cfg.file.boot_epoch = id.boot_epoch;
             Inbox::open(dir, 10_000).map_err(data_err)?
         }
         None => {
             stack_cfg.msg.boot_epoch = unix_micros() / 1_000_000;
+            stack_cfg.file.boot_epoch = stack_cfg.msg.boot_epoch;
             Inbox::in_memory(10_000)
         }
     };
@@ -180,6 +184,13 @@ pub fn launch<E: From<LaunchError>>(
         cfg.impair_rules.clone(),
     );
     node.messaging = Messaging::new(inbox, rfc3339_now);
+    if let Some(dir) = &cfg.data_dir {
+        let store = DiskStore::new(dir).map_err(|e| LaunchError::DataDir {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        node.stack.file.set_store(Box::new(store));
+    }
     node.data_dir = cfg.data_dir.clone();
     setup(&mut node)?;
     Ok(Prepared {

@@ -8,6 +8,8 @@
 
 pub mod clock;
 pub mod commands;
+mod file_commands;
+pub mod files;
 pub mod identity;
 pub mod inbox;
 pub mod launch;
@@ -20,6 +22,7 @@ use crate::impair::{ImpairSpec, Impairment};
 use crate::stack::Stack;
 use crate::time::{earliest, Duration, Instant};
 use clock::Clock;
+use files::FileTracking;
 use inbox::Inbox;
 use messaging::Messaging;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +64,8 @@ pub struct Node {
     pub tun_name: String,
     /// Protocol 170 as the node sees it: the inbox and the outcome of each message sent.
     pub messaging: Messaging,
+    /// Protocol 171 as the node sees it: how each transfer ended.
+    pub files: FileTracking,
     /// What `--serve` started, as `kind:port`, for `sockets`.
     pub services: Vec<String>,
     /// Identity, inbox and received files live here (none in tests).
@@ -79,6 +84,7 @@ impl Node {
             device: DeviceCounters::default(),
             tun_name: String::new(),
             messaging: Messaging::new(Inbox::in_memory(10_000), clock::rfc3339_now),
+            files: FileTracking::new(clock::rfc3339_now),
             data_dir: None,
             services: Vec::new(),
             started: now,
@@ -117,6 +123,7 @@ impl Node {
         // Apps may have queued data: let the transports send it in this same wake-up.
         self.stack.poll(now);
         self.messaging.pump(&mut self.stack);
+        self.files.pump(&mut self.stack, &mut self.messaging.inbox);
     }
 
     /// Makes durable what this turn received (one fsync for the batch). The driver calls it

@@ -51,11 +51,12 @@ struct Options {
     listeners: usize,
     buffer: usize,
     max_sockets: usize,
+    ack_delay_ms: Option<u64>,
 }
 
 fn usage() -> String {
     "usage: smoltcp-ref --tun NAME --addr A.B.C.D/P [--gateway A.B.C.D] \
-     [--listeners N] [--buffer BYTES] [--max-sockets N]"
+     [--listeners N] [--buffer BYTES] [--max-sockets N] [--ack-delay-ms MS]"
         .to_string()
 }
 
@@ -66,6 +67,7 @@ fn parse_options() -> Result<Options, String> {
     let mut listeners = 16;
     let mut buffer = 1 << 20;
     let mut max_sockets = 20_000;
+    let mut ack_delay_ms = Some(10);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -93,6 +95,11 @@ fn parse_options() -> Result<Options, String> {
             "--listeners" => listeners = value.parse().map_err(|_| bad("a count"))?,
             "--buffer" => buffer = value.parse().map_err(|_| bad("a byte count"))?,
             "--max-sockets" => max_sockets = value.parse().map_err(|_| bad("a count"))?,
+            // 0 turns delayed ACKs off; smoltcp's default is 10 ms.
+            "--ack-delay-ms" => {
+                let ms: u64 = value.parse().map_err(|_| bad("milliseconds"))?;
+                ack_delay_ms = (ms > 0).then_some(ms);
+            }
             _ => return Err(format!("unknown option {flag}\n{}", usage())),
         }
     }
@@ -107,6 +114,7 @@ fn parse_options() -> Result<Options, String> {
         listeners,
         buffer,
         max_sockets,
+        ack_delay_ms,
     })
 }
 
@@ -167,6 +175,7 @@ struct Server<'a> {
     listeners: usize,
     chargen: Chargen,
     scratch: Vec<u8>,
+    ack_delay: Option<Duration>,
 }
 
 impl<'a> Server<'a> {
@@ -177,6 +186,7 @@ impl<'a> Server<'a> {
         if service == Service::Echo {
             socket.set_nagle_enabled(false);
         }
+        socket.set_ack_delay(self.ack_delay);
         socket
             .listen(service.port())
             .expect("listening on a fresh socket");
@@ -324,6 +334,7 @@ fn run(opts: Options) -> Result<(), String> {
         listeners: opts.listeners,
         chargen: Chargen::new(),
         scratch: vec![0u8; 64 * 1024],
+        ack_delay: opts.ack_delay_ms.map(Duration::from_millis),
     };
     server.serve();
     eprintln!(

@@ -356,7 +356,23 @@ def write(path):
         md.append(f"- {k}: {v}")
     md.append(f"- smoltcp (reference server): {smoltcp_version(root)}")
     md.append("")
+    if meta.get("loadavg"):
+        md.append(f"- load average when the run started: {meta['loadavg']} (other builds share the cores)")
+    md.append("")
     md.append("Timings on this machine type are noisy (2 shared cores): compare the columns of one run, not runs.")
+    md.append("")
+    md.append("## Known limits of the reference figures")
+    md.append("")
+    md.append(
+        "- smoltcp connect/close rate is low (about 250/s): when the client's last data byte and its FIN arrive "
+        "back to back, smoltcp-ref answers the FIN only after a few milliseconds (tcpdump shows the kernel "
+        "retransmitting its FIN first). Not yet understood; turning delayed ACKs off (`--ack-delay-ms 0`) did "
+        "not help. Treat tunstack/smoltcp on that row with care."
+    )
+    md.append(
+        "- The kernel loses little goodput to 5 % loss here because the path RTT is tens of microseconds; "
+        "smoltcp (no SACK) falls back to timeouts."
+    )
     md.append("")
     md.append("## What runs")
     md.append("")

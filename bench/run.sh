@@ -401,8 +401,8 @@ main() {
 	mkdir -p "$RESULTS_DIR"
 	: >"$OUT"
 	local started=$SECONDS r t
-	printf '{"meta":{"mode":"%s","rounds":%s,"date":"%s","kernel":"%s","nproc":%s,"tunstack_rev":"%s"}}\n' \
-		"$MODE" "$ROUNDS" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(uname -r)" "$(nproc)" \
+	printf '{"meta":{"mode":"%s","rounds":%s,"date":"%s","kernel":"%s","nproc":%s,"loadavg":"%s","tunstack_rev":"%s"}}\n' \
+		"$MODE" "$ROUNDS" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(uname -r)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
 		"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" >>"$OUT"
 	lab_up
 	log "lab up (prefix $PFX), $ROUNDS round(s), mode $MODE"

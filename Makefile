@@ -68,13 +68,21 @@ lint:
 		echo "lint: shellcheck not installed, shell scripts not checked"; \
 	fi
 
-# TODO: side-by-side throughput benchmark (tunstack vs kernel TCP) in namespaces.
-bench:
-	@echo "bench: not yet implemented"
+# Side by side in namespaces: tunstack, a smoltcp reference server and kernel
+# TCP (bench/run.sh; BENCH_ROUNDS=3 by default); writes docs/benchmarks.md.
+BENCH_CRATE := bench/smoltcp-ref/Cargo.toml
 
-# TODO: a seconds-long bench run for CI that only checks the harness works.
-bench-smoke:
-	@echo "bench-smoke: not yet implemented"
+bench: build
+	bash bench/deps.sh
+	$(CARGO) build --release --manifest-path $(BENCH_CRATE)
+	bash bench/run.sh
+	$$(command -v /usr/bin/python3 || command -v python3) bench/report.py write bench/results/latest.jsonl
+
+# One short round of a few workloads (< 1 min); fails only if the harness breaks.
+bench-smoke: build
+	bash bench/deps.sh
+	$(CARGO) build --release --manifest-path $(BENCH_CRATE)
+	bash bench/run.sh --smoke
 
 # TODO: cargo-fuzz targets for the wire parsers.
 fuzz:

@@ -161,8 +161,8 @@ pub fn transfers(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> Comman
     }
     writeln!(
         out,
-        "{:<18} {:<8} {:<16} {:<24} {:>10} {:>6} {:>12} {}",
-        "ID", "DIR", "PEER", "NAME", "SIZE", "DONE", "RATE", "STATE"
+        "{:<18} {:<8} {:<16} {:<24} {:>10} {:>6} {:>12} STATE",
+        "ID", "DIR", "PEER", "NAME", "SIZE", "DONE", "RATE"
     )?;
     for t in list {
         let pct = if t.size == 0 {

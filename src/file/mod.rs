@@ -404,13 +404,30 @@ impl FileEndpoint {
         channel: &str,
         sender: &str,
     ) -> Result<TransferId, FileError> {
+        self.send_file_named(now, dst, source, None, channel, sender)
+    }
+
+    /// Like `send_file`, offering the file under `name` instead of the store's name for it. The
+    /// receiver sanitises whatever name arrives, so any string is safe to send.
+    pub fn send_file_named(
+        &mut self,
+        now: Instant,
+        dst: Ipv4Addr,
+        source: &str,
+        name: Option<&str>,
+        channel: &str,
+        sender: &str,
+    ) -> Result<TransferId, FileError> {
         if dst == self.addr || dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() {
             return Err(FileError::BadDestination(dst));
         }
         if self.outgoing.len() >= self.cfg.max_transfers {
             return Err(FileError::TooManyTransfers);
         }
-        let (handle, info) = self.store.open_source(source).map_err(FileError::Store)?;
+        let (handle, mut info) = self.store.open_source(source).map_err(FileError::Store)?;
+        if let Some(n) = name {
+            info.name = n.to_string();
+        }
         if info.size > self.cfg.max_file_size {
             self.store.close_source(handle);
             return Err(FileError::TooLarge);

@@ -77,7 +77,7 @@ pub const VERBS: &[Verb] = &[
     },
     Verb {
         name: "file",
-        usage: "file IP[,IP...] PATH [-c CHANNEL] [--no-wait]",
+        usage: "file IP[,IP...] PATH [--as NAME] [-c CHANNEL] [--no-wait]",
         help: "send a file (protocol 171) to one or more nodes, with progress",
         run: super::file_commands::file,
     },

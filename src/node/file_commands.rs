@@ -24,6 +24,7 @@ fn human(bytes: f64) -> String {
 pub fn file(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult {
     let mut channel = "general".to_string();
     let (mut progress, mut wait) = (false, true);
+    let mut send_as: Option<String> = None;
     let mut words = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -35,6 +36,14 @@ pub fn file(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
                     .cloned()
                     .ok_or_else(|| CommandError("-c needs a channel name".into()))?;
             }
+            "--as" => {
+                i += 1;
+                send_as = Some(
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| CommandError("--as needs a file name".into()))?,
+                );
+            }
             "--progress" => progress = true,
             "--no-wait" => wait = false,
             w => words.push(w.to_string()),
@@ -43,7 +52,7 @@ pub fn file(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
     }
     if words.len() != 2 {
         return Err(CommandError(
-            "usage: file IP[,IP...] PATH [-c CHANNEL] [--no-wait]".into(),
+            "usage: file IP[,IP...] PATH [--as NAME] [-c CHANNEL] [--no-wait]".into(),
         ));
     }
     let dsts: Vec<Ipv4Addr> = words[0]
@@ -64,7 +73,7 @@ pub fn file(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResu
             let sender = n.name.clone();
             n.stack
                 .file
-                .send_file(now, *dst, &source, &channel, &sender)
+                .send_file_named(now, *dst, &source, send_as.as_deref(), &channel, &sender)
         });
         let id =
             r.map_err(|e| CommandError(format!("cannot send {} to {dst}: {e}", path.display())))?;

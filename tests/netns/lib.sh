@@ -118,6 +118,9 @@ _ts_cleanup() {
 	exit "$rc"
 }
 trap _ts_cleanup EXIT
+# A command that fails under `set -e` without calling `fail` still says where it was.
+set -E
+trap 'echo "FAIL: [$TEST_NAME] line $LINENO: command failed: $BASH_COMMAND" >&2' ERR
 # Turn signals into a normal exit so the EXIT trap runs.
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -13,12 +13,14 @@
 pub mod cli;
 pub mod device;
 pub mod driver;
+pub mod duplex;
 pub mod file;
 pub mod impair;
 pub mod ip;
 pub mod msg;
 pub mod node;
 pub mod rand;
+pub mod session;
 pub mod sim;
 pub mod stack;
 pub mod tcp;

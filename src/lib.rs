@@ -10,6 +10,7 @@
 //! - [`impair`], [`sim`]: the impairment engine and the deterministic simulator built on it.
 //! - `device`, `driver`, `cli`: the only code that touches the TUN device, clocks, sockets and files.
 
+pub mod cat;
 pub mod cli;
 pub mod device;
 pub mod driver;

@@ -1,9 +1,12 @@
 //! The command line: `tunstack node`, `tunstack ctl`, and the subcommands later features add.
 //! Errors reach the user as one readable line that says what to do, and a non-zero exit.
 
+mod app_net;
+mod cat;
 mod console;
 mod ctl;
 mod node;
+mod session;
 pub mod stack_opts;
 
 use clap::{Parser, Subcommand};
@@ -49,17 +52,31 @@ pub enum Command {
     Node(Box<node::NodeArgs>),
     /// Talk to a running node through its control socket
     Ctl(ctl::CtlArgs),
+    /// Session protocol: framed, acknowledged messages in step or burst mode (serve | connect)
+    Session(session::SessionArgs),
+    /// Encrypted netcat: chat or send files (-l PORT to listen, HOST PORT to connect)
+    Cat(Box<cat::CatArgs>),
+}
+
+/// Parses the command line, with `-fs`/`-fr` spelled as netcat does.
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(cat::normalize_args(args))
 }
 
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let result = match cli.command {
         Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
+        Command::Session(a) => session::run(a),
+        Command::Cat(a) => cat::run(*a),
     };
     match result {
         Ok(code) => code,

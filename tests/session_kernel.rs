@@ -42,7 +42,9 @@ fn client_cfg(mode: Mode) -> ClientConfig {
 }
 
 /// Runs one server session in a thread; returns the port and a handle to what it received.
-fn spawn_server() -> (u16, std::thread::JoinHandle<Result<Vec<Vec<u8>>, RunError>>) {
+type Received = std::thread::JoinHandle<Result<Vec<Vec<u8>>, RunError>>;
+
+fn spawn_server() -> (u16, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = std::thread::spawn(move || {

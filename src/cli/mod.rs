@@ -53,7 +53,7 @@ pub enum Command {
     /// Talk to a running node through its control socket
     Ctl(ctl::CtlArgs),
     /// Session protocol: framed, acknowledged messages in step or burst mode (serve | connect)
-    Session(session::SessionArgs),
+    Session(Box<session::SessionArgs>),
     /// Encrypted netcat: chat or send files (-l PORT to listen, HOST PORT to connect)
     Cat(Box<cat::CatArgs>),
 }
@@ -75,7 +75,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
-        Command::Session(a) => session::run(a),
+        Command::Session(a) => session::run(*a),
         Command::Cat(a) => cat::run(*a),
     };
     match result {

@@ -13,9 +13,11 @@
 //! - `device`, `driver`, `cli`: the only code that touches the TUN device, clocks, sockets and files.
 
 pub mod api;
+pub mod cat;
 pub mod cli;
 pub mod device;
 pub mod driver;
+pub mod duplex;
 pub mod file;
 pub mod impair;
 pub mod ip;
@@ -23,6 +25,7 @@ pub mod msg;
 pub mod node;
 pub mod rand;
 pub mod services;
+pub mod session;
 pub mod sim;
 pub mod stack;
 pub mod storage;

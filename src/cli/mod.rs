@@ -1,9 +1,12 @@
 //! The command line: `tunstack node`, `tunstack ctl`, and the subcommands later features add.
 //! Errors reach the user as one readable line that says what to do, and a non-zero exit.
 
+mod app_net;
+mod cat;
 mod console;
 mod ctl;
 mod node;
+mod session;
 pub mod stack_opts;
 pub mod tcp;
 
@@ -22,6 +25,12 @@ impl fmt::Display for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> CliError {
+        CliError(e.to_string())
+    }
+}
+
+impl From<crate::cat::handshake::HandshakeError> for CliError {
+    fn from(e: crate::cat::handshake::HandshakeError) -> CliError {
         CliError(e.to_string())
     }
 }
@@ -58,11 +67,23 @@ pub enum Command {
     Ctl(ctl::CtlArgs),
     /// Netcat over our own TCP: `tcp connect HOST PORT` or `tcp listen PORT`
     Tcp(Box<tcp::TcpArgs>),
+    /// Session protocol: framed, acknowledged messages in step or burst mode (serve | connect)
+    Session(Box<session::SessionArgs>),
+    /// Encrypted netcat: chat or send files (-l PORT to listen, HOST PORT to connect)
+    Cat(Box<cat::CatArgs>),
+}
+
+/// Parses the command line, with `-fs`/`-fr` spelled as netcat does.
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(cat::normalize_args(args))
 }
 
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -70,6 +91,8 @@ pub fn main() -> i32 {
         Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
         Command::Tcp(a) => tcp::run(*a),
+        Command::Session(a) => session::run(*a),
+        Command::Cat(a) => cat::run(*a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Sessions (`tunstack session`) and the encrypted netcat (`tunstack cat`) over our TCP between two
+# nodes in the `line` lab, and our side against a peer on the kernel's TCP (--kernel).
+set -euo pipefail
+# shellcheck source=tests/netns/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+require_root
+require_cmd python3 tcpdump
+require_tunstack
+
+HERE=$(dirname "${BASH_SOURCE[0]}")
+BIG=${CAT_TEST_BYTES:-100000000}
+lab_up line
+
+# ours NS ADDR NAME ARGS...: a command running its own stack on tun0 in NS.
+ours() {
+	local ns=$1 addr=$2 name=$3
+	shift 3
+	ip netns exec "$ns" "$TUNSTACK" "$@" --tun tun0 --addr "$addr/24" --name "$name" \
+		--control "$TS_TMP/$name.sock" --data-dir "$TS_TMP/$name.data"
+}
+# ours_bg: the same in the background (BG_PID), output to $TS_TMP/NAME.out/.err.
+ours_bg() {
+	local ns=$1 addr=$2 name=$3
+	shift 3
+	bg "$ns" "$TUNSTACK" "$@" --tun tun0 --addr "$addr/24" --name "$name" \
+		--control "$TS_TMP/$name.sock" --data-dir "$TS_TMP/$name.data" \
+		>"$TS_TMP/$name.out" 2>"$TS_TMP/$name.err"
+}
+listening() { wait_for "grep -qi 'listening' '$TS_TMP/$1.err' '$TS_TMP/$1.out'" 15 || fail "$1 did not start: $(cat "$TS_TMP/$1.err")"; }
+
+# ---------------------------------------------------------------- sessions
+seq_lines() { python3 -c "import sys; [print('message %05d' % i) for i in range(int(sys.argv[1]))]" "$1"; }
+
+for mode in burst step; do
+	n=10000
+	[[ $mode == step ]] && n=3000
+	log "session, $mode mode: $n messages, our TCP both ends"
+	ours_bg "$NS_B" 198.18.2.2 "ss-$mode" session serve --port 7000
+	SRV=$BG_PID
+	listening "ss-$mode"
+	seq_lines $n >"$TS_TMP/lines"
+	ours "$NS_A" 198.18.1.2 "sc-$mode" session connect 198.18.2.2 7000 --mode "$mode" --client-id "c-$mode" \
+		<"$TS_TMP/lines" >"$TS_TMP/sc-$mode.out" 2>&1 || fail "session client ($mode) failed: $(tail -3 "$TS_TMP/sc-$mode.out")"
+	grep -Eiq "acknowledged:? *$n|$n acknowledged" "$TS_TMP/sc-$mode.out" || fail "client report: $(cat "$TS_TMP/sc-$mode.out")"
+	wait_for "[[ \$(grep -c 'message [0-9]' '$TS_TMP/ss-$mode.out') -ge $n ]]" 10 || true
+	grep -o 'message [0-9]*' "$TS_TMP/ss-$mode.out" >"$TS_TMP/got"
+	seq_lines $n | diff -q - "$TS_TMP/got" >/dev/null || fail "server did not print all $n messages in order ($(wc -l <"$TS_TMP/got") lines)"
+	log "$(grep -i 'msg/s\|throughput' "$TS_TMP/sc-$mode.out" | head -1)"
+	stop "$SRV"
+done
+
+log "session: refusal is printed by the client"
+ours_bg "$NS_B" 198.18.2.2 ss-refuse session serve --port 7001 --modes step
+SRV=$BG_PID
+listening ss-refuse
+if echo hi | ours "$NS_A" 198.18.1.2 sc-refuse session connect 198.18.2.2 7001 --mode burst >"$TS_TMP/refuse.out" 2>&1; then
+	fail "a refused session should fail"
+fi
+grep -qi "refused\|not supported\|unsupported" "$TS_TMP/refuse.out" || fail "refusal unclear: $(cat "$TS_TMP/refuse.out")"
+stop "$SRV"
+
+log "session: burst beats step over a path with 10 ms of delay each way"
+ours_bg "$NS_B" 198.18.2.2 ss-delay session serve --port 7002 --quiet --impair delay=10ms
+SRV=$BG_PID
+listening ss-delay
+seq_lines 200 >"$TS_TMP/lines"
+rate() { grep -Eo '[0-9.]+ msg/s' "$1" | head -1 | cut -d' ' -f1; }
+ours "$NS_A" 198.18.1.2 sd-step session connect 198.18.2.2 7002 --mode step <"$TS_TMP/lines" >"$TS_TMP/sd-step.out" 2>&1 || fail "step over delay failed"
+ours "$NS_A" 198.18.1.2 sd-burst session connect 198.18.2.2 7002 --mode burst --window 32 <"$TS_TMP/lines" >"$TS_TMP/sd-burst.out" 2>&1 || fail "burst over delay failed"
+step=$(rate "$TS_TMP/sd-step.out")
+burst=$(rate "$TS_TMP/sd-burst.out")
+log "over 20 ms RTT: step $step msg/s, burst $burst msg/s"
+python3 -c "import sys; sys.exit(0 if float('$burst') > 3 * float('$step') else 1)" || fail "burst ($burst) is not clearly faster than step ($step)"
+stop "$SRV"
+
+log "session: our client against a kernel server (--kernel)"
+bg "$NS_B" "$TUNSTACK" session serve --kernel --port 7003 >"$TS_TMP/sk.out" 2>"$TS_TMP/sk.err"
+SRV=$BG_PID
+listening sk
+seq_lines 1000 >"$TS_TMP/lines"
+ours "$NS_A" 198.18.1.2 sk-client session connect 198.18.2.1 7003 --mode burst <"$TS_TMP/lines" >"$TS_TMP/skc.out" 2>&1 ||
+	fail "our client vs kernel server: $(tail -3 "$TS_TMP/skc.out")"
+wait_for "[[ \$(grep -c 'message [0-9]' '$TS_TMP/sk.out') -ge 1000 ]]" 10 || fail "kernel server got $(grep -c 'message [0-9]' "$TS_TMP/sk.out") of 1000"
+stop "$SRV"
+
+# --------------------------------------------------------------------- cat
+# Alice types, Bob answers, Alice says BYE! (which ends the session on both sides; Bob's input
+# stays open longer so that it is Alice's BYE! that ends it).
+log "cat: a chat over our TCP; the capture on tun0 holds none of the typed text"
+KEYS_B=$TS_TMP/keys-b
+KEYS_A=$TS_TMP/keys-a
+start_tcpdump "$NS_A" "$TS_TMP/chat.txt" -ni tun0 -w "$TS_TMP/chat.pcap" tcp
+ip netns exec "$NS_B" bash -c "(sleep 3; printf 'answer from bob, plain words\n'; sleep 20) | '$TUNSTACK' cat -l 9000 --key-dir '$KEYS_B' --tun tun0 --addr 198.18.2.2/24 --name cl --control '$TS_TMP/cl.sock' --data-dir '$TS_TMP/cl.data'" \
+	>"$TS_TMP/cl.out" 2>"$TS_TMP/cl.err" &
+CL=$!
+TS_PIDS+=("$CL")
+listening cl
+(sleep 1; printf 'the secret typed text\n'; sleep 4; printf 'BYE!\n') |
+	ours "$NS_A" 198.18.1.2 cc cat 198.18.2.2 9000 --key-dir "$KEYS_A" >"$TS_TMP/cc.out" 2>"$TS_TMP/cc.err" ||
+	fail "cat connector failed: $(tail -3 "$TS_TMP/cc.err")"
+wait "$CL" || fail "cat listener failed: $(tail -3 "$TS_TMP/cl.err")"
+grep -q "the secret typed text" "$TS_TMP/cl.out" || fail "bob did not see alice's line: $(cat "$TS_TMP/cl.out")"
+grep -q "answer from bob" "$TS_TMP/cc.out" || fail "alice did not see bob's line: $(cat "$TS_TMP/cc.out")"
+sleep 0.3
+stop "$TCPDUMP_PID"
+[[ -s $TS_TMP/chat.pcap ]] || fail "no capture"
+if grep -aq "secret typed text\|answer from bob" "$TS_TMP/chat.pcap"; then
+	fail "the capture contains typed text in the clear"
+fi
+fp=$(sed -n 's/.*fingerprint[^:]*: *\([0-9a-fA-F:]*\).*/\1/p' "$TS_TMP/cl.err" | head -1)
+[[ -n $fp ]] || fail "the listener printed no fingerprint: $(cat "$TS_TMP/cl.err")"
+
+log "cat: ${BIG} bytes each way, byte-exact"
+head -c "$BIG" /dev/urandom >"$TS_TMP/big.bin"
+want=$(sha256sum "$TS_TMP/big.bin" | cut -d' ' -f1)
+ours_bg "$NS_B" 198.18.2.2 fr cat -l 9001 --key-dir "$KEYS_B" -fr "$TS_TMP/recv-b.bin"
+FR=$BG_PID
+listening fr
+ours "$NS_A" 198.18.1.2 fs cat 198.18.2.2 9001 --key-dir "$KEYS_A" -fs "$TS_TMP/big.bin" </dev/null >"$TS_TMP/fs.out" 2>&1 ||
+	fail "sending the file failed: $(tail -3 "$TS_TMP/fs.out")"
+wait "$FR" || fail "receiving the file failed: $(tail -3 "$TS_TMP/fr.err")"
+[[ $(sha256sum "$TS_TMP/recv-b.bin" | cut -d' ' -f1) == "$want" ]] || fail "A->B file differs"
+# The other way: the listener sends, the connector receives.
+ours_bg "$NS_B" 198.18.2.2 fs2 cat -l 9002 --key-dir "$KEYS_B" -fs "$TS_TMP/big.bin"
+FS2=$BG_PID
+listening fs2
+ours "$NS_A" 198.18.1.2 fr2 cat 198.18.2.2 9002 --key-dir "$KEYS_A" -fr "$TS_TMP/recv-a.bin" </dev/null >"$TS_TMP/fr2.out" 2>&1 ||
+	fail "receiving from the listener failed: $(tail -3 "$TS_TMP/fr2.out")"
+wait "$FS2" || true
+[[ $(sha256sum "$TS_TMP/recv-a.bin" | cut -d' ' -f1) == "$want" ]] || fail "B->A file differs"
+
+log "cat: a bit flipped in transit (by a relay in the middle) aborts and writes nothing"
+head -c 2000000 /dev/urandom >"$TS_TMP/mid.bin"
+ours_bg "$NS_B" 198.18.2.2 frf cat -l 9003 --key-dir "$KEYS_B" -fr "$TS_TMP/flipped.bin"
+FRF=$BG_PID
+listening frf
+bg "$NS_A" python3 "$HERE/flip_proxy.py" 198.18.1.1 9100 198.18.2.2 9003 1000000
+wait_for "ip netns exec '$NS_A' ss -ltnH 'sport = :9100' | grep -q 9100" 10 || fail "the relay did not start"
+if ours "$NS_A" 198.18.1.2 fsf cat 198.18.1.1 9100 --key-dir "$KEYS_A" --accept-new-key -fs "$TS_TMP/mid.bin" </dev/null >"$TS_TMP/fsf.out" 2>&1; then
+	log "sender finished (the receiver is the one that must notice)"
+fi
+wait_for "! kill -0 $FRF" 20 || fail "the receiver is still running after the flipped bit"
+rc=0
+wait "$FRF" || rc=$?
+((rc != 0)) || fail "the receiver accepted a flipped bit"
+grep -qi "integrity\|authentic\|mac" "$TS_TMP/frf.err" "$TS_TMP/frf.out" || fail "no integrity error: $(cat "$TS_TMP/frf.err")"
+[[ ! -e $TS_TMP/flipped.bin ]] || fail "a file was left under the target name"
+
+log "cat: a changed listener key is refused"
+# Same host and port as the chat, whose key alice pinned, but a listener with a new key pair.
+ours_bg "$NS_B" 198.18.2.2 newkey cat -l 9000 --key-dir "$TS_TMP/other-keys"
+NK=$BG_PID
+listening newkey
+if echo hi | ours "$NS_A" 198.18.1.2 ck cat 198.18.2.2 9000 --key-dir "$KEYS_A" >"$TS_TMP/ck.out" 2>&1; then
+	fail "a changed key was accepted"
+fi
+grep -qi "changed\|mismatch\|does not match\|refus" "$TS_TMP/ck.out" || fail "refusal unclear: $(cat "$TS_TMP/ck.out")"
+stop "$NK"
+
+pass

@@ -11,14 +11,20 @@
 //! let node = TunstackNode::start(cfg).unwrap();
 //! let id = node.send_message("198.18.2.2".parse().unwrap(), "hello", "alice", "general").unwrap();
 //! node.wait_delivered(id, Duration::from_secs(10)).unwrap();
+//! let dst: std::net::Ipv4Addr = "198.18.2.2".parse().unwrap();
+//! for t in node.send_file(&[dst], "photo.jpg".as_ref(), "general", "alice").unwrap() {
+//!     node.wait_transfer(t, Duration::from_secs(60)).unwrap();
+//! }
 //! for m in node.received_messages(Duration::from_secs(1)) {
 //!     println!("{}: {}", m.msg.sender, m.msg.content);
 //! }
 //! node.stop();
 //! ```
 
+use crate::file::{FileError, TransferId};
 use crate::msg::{Message, MessageId, MsgError};
 use crate::node::clock::rfc3339_now;
+use crate::node::files::TransferOutcome;
 use crate::node::inbox::InboxEntry;
 use crate::node::launch::{launch, LaunchConfig, LaunchError};
 use crate::node::messaging::SendOutcome;
@@ -26,12 +32,15 @@ use crate::node::NodeHandle;
 use crate::time::Duration;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug)]
 pub enum ApiError {
     Launch(LaunchError),
     Send(MsgError),
+    File(FileError),
+    TransferFailed(String),
     /// The message could not be delivered after every retry.
     Failed {
         to: Ipv4Addr,
@@ -47,6 +56,8 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::Launch(e) => write!(f, "{e}"),
             ApiError::Send(e) => write!(f, "{e}"),
+            ApiError::File(e) => write!(f, "{e}"),
+            ApiError::TransferFailed(r) => write!(f, "file transfer failed: {r}"),
             ApiError::Failed { to, reason } => write!(f, "delivery to {to} failed: {reason}"),
             ApiError::TimedOut => write!(f, "timed out"),
             ApiError::Stopped => write!(f, "the node stopped"),
@@ -126,6 +137,44 @@ impl TunstackNode {
             Some(SendOutcome::Failed { to, reason }) => Err(ApiError::Failed { to, reason }),
             _ if self.handle.is_stopping() => Err(ApiError::Stopped),
             _ => Err(ApiError::TimedOut),
+        }
+    }
+
+    /// Offers a file to each recipient (protocol 171); returns one transfer per recipient, whose
+    /// outcome [`TunstackNode::wait_transfer`] waits for.
+    pub fn send_file(
+        &self,
+        recipients: &[Ipv4Addr],
+        path: &Path,
+        channel: &str,
+        sender: &str,
+    ) -> Result<Vec<TransferId>, ApiError> {
+        let abs = std::fs::canonicalize(path).map_err(ApiError::Io)?;
+        let source = abs.to_string_lossy().into_owned();
+        recipients
+            .iter()
+            .map(|dst| {
+                self.handle
+                    .with(|n, now| n.stack.file.send_file(now, *dst, &source, channel, sender))
+                    .map_err(ApiError::File)
+            })
+            .collect()
+    }
+
+    /// Waits until a transfer completes (verified by the receiver) or fails.
+    pub fn wait_transfer(
+        &self,
+        id: TransferId,
+        timeout: Duration,
+    ) -> Result<TransferOutcome, ApiError> {
+        match self
+            .handle
+            .wait(Some(timeout), |n, _| n.files.outcome(id).cloned())
+        {
+            Some(TransferOutcome::Failed { reason }) => Err(ApiError::TransferFailed(reason)),
+            Some(o) => Ok(o),
+            None if self.handle.is_stopping() => Err(ApiError::Stopped),
+            None => Err(ApiError::TimedOut),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod ip;
 pub mod msg;
 pub mod node;
 pub mod rand;
+pub mod relay;
 pub mod sim;
 pub mod stack;
 pub mod tcp;

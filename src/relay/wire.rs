@@ -684,7 +684,7 @@ mod tests {
 
     #[test]
     fn test_message_bytes() {
-        let mut b = vec![4, 0, 0, 27, 0, 0];
+        let mut b = vec![4, 0, 0, 26, 0, 0];
         b.extend_from_slice(&[0xaa; 16]);
         b.extend_from_slice(&[2, 16, 1, b'a', 1, b'b', 0, 2, b'h', b'i']);
         roundtrip(

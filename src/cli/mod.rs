@@ -4,6 +4,7 @@
 mod console;
 mod ctl;
 mod node;
+mod relay;
 pub mod stack_opts;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ pub enum Command {
     Node(Box<node::NodeArgs>),
     /// Talk to a running node through its control socket
     Ctl(ctl::CtlArgs),
+    /// The relay mesh: run a relay server, or chat as a user through the mesh
+    Relay(relay::RelayArgs),
 }
 
 /// Parses the command line and runs; returns the process exit code.
@@ -60,6 +63,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Node(a) => node::run(*a),
         Command::Ctl(a) => ctl::run(a),
+        Command::Relay(a) => relay::run(a),
     };
     match result {
         Ok(code) => code,

@@ -40,6 +40,9 @@ pub struct DeviceCounters {
     pub pcap_errors: u64,
 }
 
+/// Status of something running beside the node (the relay), as JSON, for `ctl`.
+pub type StatusProvider = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct Node {
     pub name: String,
     pub stack: Stack,
@@ -50,6 +53,10 @@ pub struct Node {
     pub impair_out: Option<Impairment>,
     pub device: DeviceCounters,
     pub tun_name: String,
+    /// Named status providers of programs that run beside the node and keep their state outside
+    /// it (`relay`). Commands clone one out and call it after releasing the node's lock, since a
+    /// provider takes its own program's lock.
+    pub status_providers: Vec<(&'static str, StatusProvider)>,
     started: Instant,
 }
 
@@ -63,6 +70,7 @@ impl Node {
             impair_out: None,
             device: DeviceCounters::default(),
             tun_name: String::new(),
+            status_providers: Vec::new(),
             started: now,
         }
     }

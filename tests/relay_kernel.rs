@@ -117,7 +117,9 @@ fn all_to_all(users: &mut [User], tag: &str) {
         for n in &names {
             if *n != u.name {
                 let body = format!("{tag} {}->{n}", u.name);
-                u.run.with(|c, now| c.send(now, n, body.as_bytes())).unwrap();
+                u.run
+                    .with(|c, now| c.send(now, n, body.as_bytes()))
+                    .unwrap();
             }
         }
     }
@@ -147,7 +149,9 @@ fn test_kernel_mesh_all_to_all_and_failover() {
     let servers = mesh();
     let names = ["ann", "bob", "cy", "dee"];
     wait(15, "the mesh to form", || {
-        servers.iter().all(|s| s.with(|s, _| s.servers().len() == 2))
+        servers
+            .iter()
+            .all(|s| s.with(|s, _| s.servers().len() == 2))
     });
     // Spread the users: each seeds from a different server (all RTTs are alike on loopback,
     // so where they land does not matter to the test).
@@ -160,8 +164,12 @@ fn test_kernel_mesh_all_to_all_and_failover() {
         .enumerate()
         .map(|(i, n)| user(n, &seeds[i % 3], i as u64 + 1))
         .collect();
-    wait(20, "registration", || users.iter().all(|u| u.server().is_some()));
-    wait(10, "directory", || servers.iter().all(|s| directory_has(s, &names)));
+    wait(20, "registration", || {
+        users.iter().all(|u| u.server().is_some())
+    });
+    wait(10, "directory", || {
+        servers.iter().all(|s| directory_has(s, &names))
+    });
     all_to_all(&mut users, "one");
 
     // Stop the server of ann while she streams to bob.

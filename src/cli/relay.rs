@@ -31,10 +31,14 @@ fn parse_host_port(s: &str) -> Result<String, String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("'{s}' must be HOST:PORT, e.g. 198.18.1.2:7000"))?;
     if h.is_empty() || p.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("'{s}' must be HOST:PORT with a port from 1 to 65535"));
+        return Err(format!(
+            "'{s}' must be HOST:PORT with a port from 1 to 65535"
+        ));
     }
     if !crate::relay::wire::valid_name(s) {
-        return Err(format!("'{s}' is too long (at most 64 bytes) or has spaces"));
+        return Err(format!(
+            "'{s}' is too long (at most 64 bytes) or has spaces"
+        ));
     }
     Ok(s.to_string())
 }
@@ -43,11 +47,14 @@ fn parse_user(s: &str) -> Result<String, String> {
     if crate::relay::wire::valid_name(s) {
         Ok(s.to_string())
     } else {
-        Err(format!("'{s}': a user name has 1 to 64 bytes and no spaces"))
+        Err(format!(
+            "'{s}': a user name has 1 to 64 bytes and no spaces"
+        ))
     }
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("addr", |a| a.required(false).required_unless_present("kernel")))]
 #[command(after_help = "Examples:\n  \
 # three servers over kernel TCP on one machine, joined in a cycle\n  \
 tunstack relay serve --kernel --listen 127.0.0.1 --port 7001 --join 127.0.0.1:7002\n  \
@@ -75,7 +82,12 @@ pub struct ServeArgs {
     pub kernel: bool,
 
     /// With --kernel: the IP address to listen on
-    #[arg(long, value_name = "IP", default_value = "0.0.0.0", requires = "kernel")]
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        requires = "kernel"
+    )]
     pub listen: IpAddr,
 
     /// With --kernel: control socket for `tunstack ctl ... relay` [default: /run/tunstack/relay-PORT.sock]
@@ -88,12 +100,15 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Type lines of the form `<recipient> <message>`; what arrives is printed as \
+#[command(mut_arg("addr", |a| a.required(false).required_unless_present("kernel")))]
+#[command(
+    after_help = "Type lines of the form `<recipient> <message>`; what arrives is printed as \
 `from NAME: MESSAGE`. At the end of input the client waits until every message it accepted \
 is answered (delivered, unknown user, or offline), then leaves.\n\nExamples:\n  \
 tunstack relay client --kernel --server 127.0.0.1:7001 --user ann\n  \
 printf 'bob hello\\n' | tunstack relay client --kernel --server 127.0.0.1:7002 --user cy\n  \
-ip netns exec ts-n4 tunstack relay client --tun tun0 --addr 198.18.4.2/24 --server 198.18.1.2:7000 --user ann")]
+ip netns exec ts-n4 tunstack relay client --tun tun0 --addr 198.18.4.2/24 --server 198.18.1.2:7000 --user ann"
+)]
 pub struct ClientArgs {
     /// Any server of the mesh: the client asks it for the list and picks the fastest
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
@@ -133,9 +148,7 @@ pub fn run(args: RelayArgs) -> Result<i32, CliError> {
 
 #[cfg(not(feature = "our-tcp"))]
 fn not_merged() -> CliError {
-    CliError(
-        "our TCP is not merged yet: run the relay with --kernel (kernel TCP) for now".into(),
-    )
+    CliError("our TCP is not merged yet: run the relay with --kernel (kernel TCP) for now".into())
 }
 
 fn serve(a: ServeArgs) -> Result<i32, CliError> {
@@ -368,7 +381,10 @@ fn print_event(e: Event) {
     let mut o = std::io::stdout().lock();
     let _ = match e {
         Event::Servers(v) => writeln!(o, "servers: {}", v.join(" ")),
-        Event::Rtt { server, rtt: Some(d) } => {
+        Event::Rtt {
+            server,
+            rtt: Some(d),
+        } => {
             writeln!(o, "rtt {server} {:.3} ms", d.as_secs_f64() * 1000.0)
         }
         Event::Rtt { server, rtt: None } => writeln!(o, "rtt {server} no answer"),
@@ -395,7 +411,11 @@ fn client_on<T: Transport>(t: T, a: &ClientArgs) -> Result<i32, CliError> {
     let seed = a
         .relay_seed
         .unwrap_or_else(super::stack_opts::os_random_u64);
-    let r = run::start_client(t, Client::new(cfg, crate::rand::Rng::new(seed)), print_event);
+    let r = run::start_client(
+        t,
+        Client::new(cfg, crate::rand::Rng::new(seed)),
+        print_event,
+    );
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let line = line?;

@@ -141,7 +141,11 @@ fn relay(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult 
     };
     let v = p();
     if args.iter().any(|a| a == "--json") {
-        writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )?;
     } else {
         out.write_all(crate::relay::run::format_status(&v).as_bytes())?;
     }

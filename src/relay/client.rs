@@ -660,7 +660,7 @@ impl Machine for Client {
                         .filter(|u| {
                             self.outbox[u]
                                 .sent_at
-                                .is_none_or(|t| now.saturating_since(t) >= self.cfg.resend_after)
+                                .map_or(true, |t| now.saturating_since(t) >= self.cfg.resend_after)
                         })
                         .collect();
                     for u in due {

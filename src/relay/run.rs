@@ -286,7 +286,7 @@ impl<M: Machine + 'static, T: Transport> Running<M, T> {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&c);
                     if let Some(s) = s {
-                        let _ = s.shutdown_both();
+                        s.shutdown_both();
                     }
                 }
                 Output::Connect(c, addr) => {
@@ -327,7 +327,7 @@ impl<M: Machine + 'static, T: Transport> Running<M, T> {
         let reader = s.try_clone_stream()?;
         if self.is_stopping() {
             s.shutdown_both();
-            return Err(io::Error::new(io::ErrorKind::Other, "stopping"));
+            return Err(io::Error::other("stopping"));
         }
         self.inner
             .conns
@@ -362,7 +362,9 @@ impl<M: Machine + 'static, T: Transport> Running<M, T> {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
                     if !live() || self.is_stopping() {
@@ -515,8 +517,13 @@ pub fn format_status(v: &serde_json::Value) -> String {
     let _ = writeln!(
         s,
         "mesh: discovered {}, dropped {}, dials {} (failed {}); frames in {} out {}, bad {}",
-        c["servers_discovered"], c["servers_dropped"], c["dials"], c["dial_failures"],
-        c["frames_in"], c["frames_out"], c["bad_frames"]
+        c["servers_discovered"],
+        c["servers_dropped"],
+        c["dials"],
+        c["dial_failures"],
+        c["frames_in"],
+        c["frames_out"],
+        c["bad_frames"]
     );
     s
 }

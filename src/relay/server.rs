@@ -421,16 +421,12 @@ impl Server {
             return;
         };
         match c.role {
-            Role::Client { user: Some(name) } => {
-                if self.local.get(&name) == Some(&conn) {
-                    self.local.remove(&name);
-                    self.user_offline(&name);
-                }
+            Role::Client { user: Some(name) } if self.local.get(&name) == Some(&conn) => {
+                self.local.remove(&name);
+                self.user_offline(&name);
             }
-            Role::Peer { addr } => {
-                if self.peer_conn(&addr).is_none() {
-                    self.drop_server(now, &addr);
-                }
+            Role::Peer { addr } if self.peer_conn(&addr).is_none() => {
+                self.drop_server(now, &addr);
             }
             _ => {}
         }
@@ -912,10 +908,9 @@ impl Machine for Server {
             if t == self.cfg.addr || self.has_conn_to(&t) {
                 continue;
             }
-            let due = self
-                .last_dial
-                .get(&t)
-                .is_none_or(|d| now.saturating_since(*d) >= self.cfg.redial_interval);
+            let due = self.last_dial.get(&t).map_or(true, |d| {
+                now.saturating_since(*d) >= self.cfg.redial_interval
+            });
             if due {
                 self.dial(now, &t);
             }

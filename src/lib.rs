@@ -24,6 +24,7 @@ pub mod ip;
 pub mod msg;
 pub mod node;
 pub mod rand;
+pub mod relay;
 pub mod services;
 pub mod session;
 pub mod sim;

@@ -6,6 +6,7 @@ mod cat;
 mod console;
 mod ctl;
 mod node;
+mod relay;
 mod session;
 pub mod stack_opts;
 pub mod tcp;
@@ -71,6 +72,8 @@ pub enum Command {
     Session(Box<session::SessionArgs>),
     /// Encrypted netcat: chat or send files (-l PORT to listen, HOST PORT to connect)
     Cat(Box<cat::CatArgs>),
+    /// The relay mesh: run a relay server, or chat as a user through the mesh
+    Relay(relay::RelayArgs),
 }
 
 /// Parses the command line, with `-fs`/`-fr` spelled as netcat does.
@@ -93,6 +96,7 @@ pub fn main() -> i32 {
         Command::Tcp(a) => tcp::run(*a),
         Command::Session(a) => session::run(*a),
         Command::Cat(a) => cat::run(*a),
+        Command::Relay(a) => relay::run(a),
     };
     match result {
         Ok(code) => code,

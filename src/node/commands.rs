@@ -106,6 +106,12 @@ pub const VERBS: &[Verb] = &[
         run: super::msg_commands::discover,
     },
     Verb {
+        name: "relay",
+        usage: "relay [--json]",
+        help: "relay mesh (when a relay server runs here): servers, users, forwarding counters",
+        run: relay,
+    },
+    Verb {
         name: "quit",
         usage: "quit",
         help: "stop the node (console only)",
@@ -159,6 +165,31 @@ pub fn execute(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandR
 fn help(_: &NodeHandle, _: &[String], out: &mut dyn Write) -> CommandResult {
     for v in VERBS {
         writeln!(out, "  {:<44} {}", v.usage, v.help)?;
+    }
+    Ok(Outcome::Continue)
+}
+
+fn relay(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult {
+    let provider = h
+        .lock()
+        .status_providers
+        .iter()
+        .find(|(n, _)| *n == "relay")
+        .map(|(_, p)| p.clone());
+    let Some(p) = provider else {
+        return Err(CommandError(
+            "no relay server runs on this node (start one with 'tunstack relay serve')".into(),
+        ));
+    };
+    let v = p();
+    if args.iter().any(|a| a == "--json") {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )?;
+    } else {
+        out.write_all(crate::relay::run::format_status(&v).as_bytes())?;
     }
     Ok(Outcome::Continue)
 }

@@ -52,6 +52,9 @@ pub struct DeviceCounters {
     pub pcap_errors: u64,
 }
 
+/// Status of something running beside the node (the relay), as JSON, for `ctl`.
+pub type StatusProvider = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct Node {
     pub name: String,
     pub stack: Stack,
@@ -70,6 +73,10 @@ pub struct Node {
     pub services: Vec<String>,
     /// Identity, inbox and received files live here (none in tests).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Named status providers of programs that run beside the node and keep their state outside
+    /// it (`relay`). Commands clone one out and call it after releasing the node's lock, since a
+    /// provider takes its own program's lock.
+    pub status_providers: Vec<(&'static str, StatusProvider)>,
     started: Instant,
 }
 
@@ -87,6 +94,7 @@ impl Node {
             files: FileTracking::new(clock::rfc3339_now),
             data_dir: None,
             services: Vec::new(),
+            status_providers: Vec::new(),
             started: now,
         }
     }

@@ -114,7 +114,7 @@ got=$(sha256sum "$TS_TMP/listen.out" | cut -d' ' -f1)
 
 log "tcp connect: our client sends ${BIG} bytes to a kernel server"
 bg "$NS_A" $PEER serve-hash 198.18.0.1 6001 >"$TS_TMP/serve.out" 2>&1
-sleep 0.3
+wait_for "ip netns exec '$NS_A' ss -ltnH 'sport = :6001' | grep -q 6001" 10 || fail "the kernel server did not start"
 nsx "$TUNSTACK" tcp connect 198.18.0.1 6001 --tun tun0 --addr 198.18.0.2/24 --name fconnect \
 	--control "$TS_TMP/connect.sock" --data-dir "$TS_TMP/cdata" <"$TS_TMP/up.bin" >"$TS_TMP/connect.out" 2>"$TS_TMP/connect.err" ||
 	fail "tcp connect failed: $(tail -2 "$TS_TMP/connect.err")"

@@ -7,11 +7,12 @@ SETUP := netns-scripts/setup-netns.sh
 # Tools the netns tests and the demo call; installed by `make deps` when root.
 DEPS_PKGS := iproute2 tcpdump nftables tshark iputils-ping netcat-openbsd python3 procps
 
-.PHONY: help build test unit-test netns-test demo lab lab-down deps fmt lint bench bench-smoke fuzz
+.PHONY: help build test unit-test netns-test demo lab lab-down deps fmt lint bench bench-smoke fuzz \
+	fuzz-smoke fuzz-seeds
 
 help:
 	@echo "targets: build test unit-test netns-test demo lab [TOPO=pair|line|'star N'] lab-down"
-	@echo "         deps fmt lint bench bench-smoke fuzz"
+	@echo "         deps fmt lint bench bench-smoke fuzz [FUZZ_SECONDS=300] fuzz-smoke fuzz-seeds"
 
 build:
 	$(CARGO) build --release
@@ -84,6 +85,20 @@ bench-smoke: build
 	$(CARGO) build --release --manifest-path $(BENCH_CRATE)
 	bash bench/run.sh --smoke
 
-# TODO: cargo-fuzz targets for the wire parsers.
+# cargo-fuzz targets (fuzz/fuzz_targets, harnesses in fuzz/src/lib.rs), each run for
+# FUZZ_SECONDS; needs a nightly toolchain, prints SKIP and succeeds without one. fuzz-smoke is
+# the short run CI and `make test` do (tests/netns/test-fuzz-smoke-*.sh). The stable-Rust
+# random-input test over the same harnesses is tests/random_input.rs, part of unit-test.
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 30
+
 fuzz:
-	@echo "fuzz: not yet implemented"
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+# Regenerates the committed seed corpora (fuzz/seeds) from simulator captures.
+fuzz-seeds:
+	rm -rf fuzz/seeds
+	$(CARGO) run --release --example fuzz_seeds -- fuzz/seeds

@@ -13,6 +13,7 @@ pub mod files;
 pub mod identity;
 pub mod inbox;
 pub mod launch;
+pub mod limits;
 pub mod messaging;
 mod msg_commands;
 mod tcp_commands;
@@ -24,6 +25,7 @@ use crate::time::{earliest, Duration, Instant};
 use clock::Clock;
 use files::FileTracking;
 use inbox::Inbox;
+use limits::RateLimitedLog;
 use messaging::Messaging;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -50,6 +52,9 @@ pub struct DeviceCounters {
     pub write_drops: u64,
     pub wakeups: u64,
     pub pcap_errors: u64,
+    /// `--rst-dump` captures written, and resets not dumped (rate limit, file cap, write error).
+    pub rst_dumps_written: u64,
+    pub rst_dumps_skipped: u64,
 }
 
 pub struct Node {
@@ -70,6 +75,8 @@ pub struct Node {
     pub services: Vec<String>,
     /// Identity, inbox and received files live here (none in tests).
     pub data_dir: Option<std::path::PathBuf>,
+    /// One log line per second at most for each limit that refuses work.
+    pub limit_log: RateLimitedLog,
     started: Instant,
 }
 
@@ -87,6 +94,7 @@ impl Node {
             files: FileTracking::new(clock::rfc3339_now),
             data_dir: None,
             services: Vec::new(),
+            limit_log: RateLimitedLog::default(),
             started: now,
         }
     }
@@ -130,6 +138,11 @@ impl Node {
     /// before it writes the turn's packets, so no ACK leaves for a message not yet on disk.
     pub fn commit(&mut self) {
         self.messaging.inbox.commit();
+    }
+
+    /// Logs the limits hit since their last report (rate-limited); cheap enough for every turn.
+    pub fn check_limits(&mut self, now: Instant) {
+        self.limit_log.check_stack(now, &self.stack);
     }
 
     /// When the node next needs attention: stack timers, apps, impairment queues.

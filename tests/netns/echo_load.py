@@ -60,7 +60,7 @@ def main() -> int:
     sending = True
     while True:
         now = time.monotonic()
-        if sending and now >= stop_at:
+        if sending and (now >= stop_at or (args.bytes and all(c.sent >= args.bytes for c in conns))):
             sending = False
         if not sending and all(not c.pending or c.error for c in conns):
             break

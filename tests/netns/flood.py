@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=0, help="packets per second (0: as fast as the device takes them)")
     args = ap.parse_args()
     if not args.dst.startswith(("198.18.", "198.19.")):
         ap.error("only 198.18.0.0/15 addresses are allowed in the lab")
@@ -151,7 +152,11 @@ def main() -> int:
                     time.sleep(0.001)  # the device queue is full: let the node drain it
                     continue
                 raise
-        if i % 200 == 199:
+        if args.rate > 0:
+            ahead = t0 + (i + 1) / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        elif i % 200 == 199:
             time.sleep(0.002)
     took = time.monotonic() - t0
     json.dump({"kind": args.kind, "sent": sent, "seconds": round(took, 3),

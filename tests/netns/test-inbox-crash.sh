@@ -64,11 +64,12 @@ delivered1=$(msgstat messages_delivered)
 log "phase 2: $N messages, B SIGKILLed while they flow"
 queue crash &
 QPID=$!
-# A random moment once messages are flowing: 50..800 ms after queueing started.
-sleep "0.$(printf '%03d' $((50 + RANDOM % 750)))"
-before_kill=$(($(msgstat messages_delivered) - delivered1))
+# A random moment while they flow: once A has seen 100..1500 of them delivered.
+target=$((delivered1 + 100 + RANDOM % 1400))
+wait_for "[[ \$(msgstat messages_delivered) -ge $target ]]" 30 || fail "phase 2 did not reach $target deliveries"
 kill -KILL "$PID_B"
 wait "$PID_B" 2>/dev/null || true
+before_kill=$(($(msgstat messages_delivered) - delivered1))
 log "B killed with $before_kill of phase 2's messages acknowledged to A"
 start_node "$NS_B" --tun tun0 --addr 198.18.2.2/24 --name ib --control "$TS_TMP/b.sock" \
 	--data-dir "$DATA_B" --peer 198.18.1.2

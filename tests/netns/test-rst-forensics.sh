@@ -30,7 +30,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
 PY
 wait_for "ls '$DUMP'/rst-*-198.18.0.2.7-198.18.0.1.*.pcap" 5 || fail "no dump for the reset echo connection: $(ls "$DUMP")"
-f=$(ls "$DUMP"/rst-*-198.18.0.2.7-198.18.0.1.*.pcap | head -1)
+f=$(find "$DUMP" -name "rst-*-198.18.0.2.7-198.18.0.1.*.pcap" -print -quit)
 tcpdump -nr "$f" >"$TS_TMP/dump1.txt" 2>"$TS_TMP/dump1.err" || fail "tcpdump cannot read $f: $(cat "$TS_TMP/dump1.err")"
 grep -q "198.18.0.1.[0-9]* > 198.18.0.2.7: Flags \[S\]" "$TS_TMP/dump1.txt" || fail "dump lacks the SYN: $(cat "$TS_TMP/dump1.txt")"
 grep -q "198.18.0.1.[0-9]* > 198.18.0.2.7: Flags \[R" "$TS_TMP/dump1.txt" || fail "dump lacks the client's RST: $(cat "$TS_TMP/dump1.txt")"
@@ -63,7 +63,7 @@ except ConnectionRefusedError:
 raise SystemExit(1)
 PY
 wait_for "ls '$DUMP'/rst-*-198.18.0.2.9-198.18.0.1.*.pcap" 5 || fail "no dump for the closed port: $(ls "$DUMP")"
-f=$(ls "$DUMP"/rst-*-198.18.0.2.9-198.18.0.1.*.pcap | head -1)
+f=$(find "$DUMP" -name "rst-*-198.18.0.2.9-198.18.0.1.*.pcap" -print -quit)
 tcpdump -nr "$f" >"$TS_TMP/dump2.txt" 2>/dev/null || fail "tcpdump cannot read $f"
 grep -q "198.18.0.2.9 > 198.18.0.1.[0-9]*: Flags \[R" "$TS_TMP/dump2.txt" || fail "dump lacks the node's RST: $(cat "$TS_TMP/dump2.txt")"
 grep -q "closed_port" "$NODE_LOG" || fail "the log does not give the reason"

@@ -5,9 +5,10 @@
 //! (up to a budget, so the loop stays fair), runs the node's timers and apps, and writes every
 //! queued packet out. It is the only place that moves bytes between the device and the stack.
 
-use crate::device::{Device, PcapWriter};
+use crate::device::{Device, PacketRing, PcapWriter};
 use crate::node::clock::unix_micros;
-use crate::node::{commands, NodeHandle};
+use crate::node::{commands, DeviceCounters, NodeHandle};
+use crate::tcp::events::ResetReport;
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,6 +30,90 @@ pub struct Driver<D: Device + AsRawFd> {
     pub device: D,
     pub pcap: Option<PcapWriter<BufWriter<File>>>,
     pub control: Option<(UnixListener, PathBuf)>,
+    /// `--rst-dump DIR`: recent packets, written out when a connection is reset.
+    pub rst_dump: Option<RstDump>,
+}
+
+/// Keeps the last packets in memory and writes those of a connection to
+/// `DIR/rst-<unix ms>-<local>-<remote>.pcap` when it is reset.
+pub struct RstDump {
+    dir: PathBuf,
+    ring: PacketRing,
+    last_dump_us: u64,
+}
+
+impl RstDump {
+    /// Packets and bytes kept: a few seconds of a busy connection, 4 MiB at most.
+    pub const MAX_PACKETS: usize = 2_000;
+    pub const MAX_BYTES: usize = 4 << 20;
+    /// Dumps at least this far apart (10 per second): a reset flood (say, a SYN flood at a
+    /// closed port) must not become a flood of files. Skipped dumps are counted.
+    const MIN_INTERVAL_US: u64 = 100_000;
+    /// Files written in one run at most.
+    const MAX_FILES: u64 = 1_000;
+
+    pub fn new(dir: PathBuf) -> RstDump {
+        RstDump {
+            dir,
+            ring: PacketRing::new(Self::MAX_PACKETS, Self::MAX_BYTES),
+            last_dump_us: 0,
+        }
+    }
+
+    fn dump(&mut self, r: &ResetReport, wall_us: u64, counters: &mut DeviceCounters) {
+        if counters.rst_dumps_written >= Self::MAX_FILES
+            || wall_us.saturating_sub(self.last_dump_us) < Self::MIN_INTERVAL_US
+        {
+            counters.rst_dumps_skipped += 1;
+            return;
+        }
+        self.last_dump_us = wall_us;
+        let name = format!(
+            "rst-{}-{}.{}-{}.{}.pcap",
+            wall_us / 1000,
+            r.local.ip(),
+            r.local.port(),
+            r.remote.ip(),
+            r.remote.port()
+        );
+        let path = self.dir.join(name);
+        let mut n = 0;
+        let result = std::fs::File::create(&path)
+            .and_then(|f| PcapWriter::new(BufWriter::new(f)))
+            .and_then(|mut w| {
+                let mut pkts: Vec<(u64, &[u8])> = self.ring.connection(r.local, r.remote).collect();
+                if pkts.is_empty() {
+                    // Not one packet of the connection left in the ring: the context is all there is.
+                    pkts = self.ring.iter().collect();
+                }
+                for (ts, p) in pkts {
+                    w.write_packet(ts, p)?;
+                    n += 1;
+                }
+                w.flush()
+            });
+        match result {
+            Ok(()) => {
+                counters.rst_dumps_written += 1;
+                log::info!(
+                    "rst-dump: {} {} <-> {} ({}): {n} packets in {}",
+                    if r.reason == crate::tcp::events::RstReason::Received {
+                        "reset received"
+                    } else {
+                        "reset sent"
+                    },
+                    r.local,
+                    r.remote,
+                    r.reason.as_str(),
+                    path.display()
+                );
+            }
+            Err(e) => {
+                counters.rst_dumps_skipped += 1;
+                log::warn!("rst-dump: cannot write {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 impl<D: Device + AsRawFd> Driver<D> {
@@ -90,7 +175,7 @@ impl<D: Device + AsRawFd> Driver<D> {
         let mut node = handle.lock();
         let now = handle.now();
         node.device.wakeups += 1;
-        let wall = self.pcap.as_ref().map(|_| unix_micros());
+        let wall = (self.pcap.is_some() || self.rst_dump.is_some()).then(unix_micros);
         let mut reads = 0;
         let mut more = false;
         loop {
@@ -110,6 +195,9 @@ impl<D: Device + AsRawFd> Driver<D> {
                     node.device.pcap_errors += 1;
                 }
             }
+            if let (Some(d), Some(ts)) = (self.rst_dump.as_mut(), wall) {
+                d.ring.record(ts, &buf[..n]);
+            }
             let node = &mut *node;
             match node.impair_in.as_mut() {
                 Some(imp) => imp.push(now, &buf[..n]),
@@ -127,6 +215,7 @@ impl<D: Device + AsRawFd> Driver<D> {
         }
         node.poll(now);
         node.commit();
+        node.check_limits(now);
         let node = &mut *node;
         while let Some(p) = node.stack.transmit() {
             match node.impair_out.as_mut() {
@@ -134,6 +223,7 @@ impl<D: Device + AsRawFd> Driver<D> {
                 None => write_packet(
                     &mut self.device,
                     self.pcap.as_mut(),
+                    self.rst_dump.as_mut().map(|d| &mut d.ring),
                     wall,
                     &mut node.device,
                     &p,
@@ -146,11 +236,18 @@ impl<D: Device + AsRawFd> Driver<D> {
                 write_packet(
                     &mut self.device,
                     self.pcap.as_mut(),
+                    self.rst_dump.as_mut().map(|d| &mut d.ring),
                     wall,
                     &mut node.device,
                     &p,
                 )?;
                 imp.recycle(p);
+            }
+        }
+        // After the writes, so the RST this turn sent is in the ring too.
+        while let Some(r) = node.stack.tcp.poll_reset() {
+            if let (Some(d), Some(ts)) = (self.rst_dump.as_mut(), wall) {
+                d.dump(&r, ts, &mut node.device);
             }
         }
         Ok(more)
@@ -186,10 +283,14 @@ impl<D: Device + AsRawFd> Driver<D> {
 fn write_packet<D: Device>(
     dev: &mut D,
     pcap: Option<&mut PcapWriter<BufWriter<File>>>,
+    ring: Option<&mut PacketRing>,
     wall: Option<u64>,
-    counters: &mut crate::node::DeviceCounters,
+    counters: &mut DeviceCounters,
     p: &[u8],
 ) -> io::Result<()> {
+    if let (Some(r), Some(ts)) = (ring, wall) {
+        r.record(ts, p);
+    }
     if let (Some(w), Some(ts)) = (pcap, wall) {
         if w.write_packet(ts, p).is_err() {
             counters.pcap_errors += 1;

@@ -84,6 +84,7 @@ fn start(
         device: SockDevice(ours),
         pcap: None,
         control: None,
+        rst_dump: None,
     };
     let h = handle.clone();
     let join = std::thread::spawn(move || driver.run(h));

@@ -495,3 +495,96 @@ fn test_syn_flood_backlog_then_cookies() {
         "{info:?}"
     );
 }
+
+#[test]
+fn test_timeline_abort_is_recorded_and_reported_both_sides() {
+    let cfg = TcpConfig {
+        reset_reports: true,
+        ..TcpConfig::default()
+    };
+    let (mut sim, a, b) = pair(56, "delay=5ms", cfg.clone(), cfg);
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    tcp(&mut sim, a).abort(ca);
+    sim.run_for(Duration::from_millis(50));
+    use tunstack::tcp::events::{EventKind, RstReason};
+    let ev_a = tcp(&mut sim, a).socket_events(ca).unwrap();
+    let kinds: Vec<EventKind> = ev_a.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::State {
+        from: TcpState::SynSent,
+        to: TcpState::Established
+    }));
+    assert!(kinds.contains(&EventKind::RstSent {
+        reason: RstReason::Abort
+    }));
+    let ev_b = tcp(&mut sim, b).socket_events(cb).unwrap();
+    assert!(ev_b.iter().any(|e| e.kind == EventKind::RstReceived));
+    assert!(ev_b.iter().any(|e| matches!(
+        e.kind,
+        EventKind::Error {
+            error: TcpError::ConnectionReset
+        }
+    )));
+    // Timestamps never go backwards.
+    assert!(ev_b.windows(2).all(|w| w[0].at_us <= w[1].at_us));
+    let ra = tcp(&mut sim, a).poll_reset().unwrap();
+    assert_eq!(ra.reason, RstReason::Abort);
+    assert_eq!(ra.remote, SocketAddrV4::new(B, 80));
+    assert_eq!(
+        tcp(&mut sim, b).poll_reset().unwrap().reason,
+        RstReason::Received
+    );
+    // Once the application lets go, the timeline survives among the closed ones.
+    tcp(&mut sim, b).close(cb);
+    sim.run_for(Duration::from_millis(10));
+    let closed = tcp(&mut sim, b).closed_timelines();
+    let last = closed.last().unwrap();
+    assert_eq!(
+        last.remote,
+        tcp(&mut sim, a).local_addr(ca).unwrap().to_string()
+    );
+    assert_eq!(last.error, Some(TcpError::ConnectionReset));
+    assert!(last.events.iter().any(|e| e.kind == EventKind::RstReceived));
+}
+
+#[test]
+fn test_timeline_records_rto_with_snapshot_and_reason() {
+    let (mut sim, a, b) = pair(57, "delay=5ms", TcpConfig::default(), TcpConfig::default());
+    let (ca, _cb) = wait_established(&mut sim, a, b);
+    sim.set_path(a, b, ImpairSpec::parse("loss=100%").unwrap());
+    tcp(&mut sim, a).send(ca, b"lost").unwrap();
+    sim.run_for(Duration::from_secs(2));
+    use tunstack::tcp::events::{EventKind, RetransmitReason};
+    let ev = tcp(&mut sim, a).socket_events(ca).unwrap();
+    assert!(ev.iter().any(|e| matches!(
+        e.kind,
+        EventKind::Timeout { backoff: 1, rto_ms, .. } if rto_ms >= 200
+    )));
+    assert!(ev.iter().any(|e| matches!(
+        e.kind,
+        EventKind::Retransmit {
+            reason: RetransmitReason::Rto,
+            len: 4,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn test_closed_port_reset_is_reported_only_when_enabled() {
+    let on = TcpConfig {
+        reset_reports: true,
+        ..TcpConfig::default()
+    };
+    let (mut sim, a, b) = pair(58, "delay=5ms", TcpConfig::default(), on);
+    let now = sim.now();
+    tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 9))
+        .unwrap();
+    sim.run_for(Duration::from_millis(50));
+    let r = tcp(&mut sim, b).poll_reset().unwrap();
+    assert_eq!(r.reason, tunstack::tcp::events::RstReason::ClosedPort);
+    assert_eq!(r.local, SocketAddrV4::new(B, 9));
+    assert!(tcp(&mut sim, b).poll_reset().is_none());
+    // A's RST-received report is not queued: A did not ask for reports.
+    assert!(tcp(&mut sim, a).poll_reset().is_none());
+}

@@ -58,6 +58,20 @@ fn parse_impair(s: &str) -> Result<ImpairSpec, String> {
     ImpairSpec::parse(s).map_err(|e| e.to_string())
 }
 
+/// A byte count with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size (a number, optionally with K, M or G)"))
+}
+
 fn parse_rules(path: &str) -> Result<RuleSet, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("cannot read rules file {path}: {e}"))?;
@@ -109,6 +123,42 @@ pub struct StackOpts {
     /// Where the node keeps its identity, inbox and received files [default: /var/lib/tunstack/NAME]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// When a TCP connection is reset (RST sent or received), write its recent packets to DIR/rst-<unix ms>-<local>-<remote>.pcap (at most 10 files a second)
+    #[arg(long, value_name = "DIR")]
+    pub rst_dump: Option<PathBuf>,
+
+    /// TCP connections in any state, TIME-WAIT included [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Half-open plus not-yet-accepted connections per listener before SYN cookies answer instead [default: 128]
+    #[arg(long, value_name = "N")]
+    pub syn_backlog: Option<usize>,
+
+    /// Bytes of TCP send and receive buffers all connections together may reserve [default: 4G]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub tcp_buffer_total: Option<u64>,
+
+    /// Bytes held for IP reassembly across all partial datagrams [default: 4M]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub reassembly_bytes: Option<u64>,
+
+    /// Protocol-170 peers remembered [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<usize>,
+
+    /// Protocol-170 messages queued and not yet delivered, all peers together [default: 65536]
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<usize>,
+
+    /// Protocol-171 transfers in progress, each direction [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_transfers: Option<usize>,
+
+    /// Largest file accepted or sent over protocol 171, e.g. 100M [default: 4G]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_file_size: Option<u64>,
 
     /// Seed for the stack's random choices (identifiers, ISN clock offsets); random if not given
     #[arg(long, value_name = "N")]
@@ -165,6 +215,7 @@ fn launch_error_hint(e: &LaunchError) -> String {
         }
         LaunchError::AlreadyRunning { .. } => "give this node another --name or --control",
         LaunchError::DataDir { .. } => "pass --data-dir DIR in a writable place",
+        LaunchError::RstDump { .. } => "pass --rst-dump DIR in a writable place",
     };
     format!("{e}\n  hint: {hint}")
 }
@@ -186,6 +237,18 @@ impl StackOpts {
         cfg.data_dir = Some(self.data_dir());
         cfg.seed = self.seed.unwrap_or_else(os_random_u64);
         cfg.impair_rules = self.impair_rules.clone().unwrap_or_default();
+        cfg.rst_dump = self.rst_dump.clone();
+        let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        cfg.limits = crate::node::limits::Limits {
+            max_connections: self.max_connections,
+            syn_backlog: self.syn_backlog,
+            tcp_buffer_total: self.tcp_buffer_total.map(usize_of),
+            reassembly_bytes: self.reassembly_bytes.map(usize_of),
+            max_peers: self.max_peers,
+            max_pending: self.max_pending,
+            max_transfers: self.max_transfers,
+            max_file_size: self.max_file_size,
+        };
         cfg.impair_in = self.impair_in.clone().or_else(|| self.impair.clone());
         cfg.impair_out = self.impair_out.clone().or_else(|| {
             self.impair.clone().map(|mut s| {
@@ -240,6 +303,16 @@ mod tests {
         assert!("198.18.0.300/24".parse::<AddrPrefix>().is_err());
         assert!("198.18.0.2/33".parse::<AddrPrefix>().is_err());
         assert!("0.0.0.0/0".parse::<AddrPrefix>().is_err());
+    }
+
+    #[test]
+    fn test_parse_size_suffixes() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -13,10 +13,12 @@ use std::io::{self, Write};
 
 pub mod mem;
 pub mod pcap;
+pub mod ring;
 pub mod tun;
 
 pub use mem::MemDevice;
 pub use pcap::{PcapReader, PcapRecord, PcapWriter};
+pub use ring::PacketRing;
 pub use tun::{DeviceError, TunDevice};
 
 /// A packet-at-a-time, non-blocking network device.

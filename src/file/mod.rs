@@ -172,6 +172,9 @@ pub struct FileCounters {
     pub acks_out: u64,
     pub resets: u64,
     pub refused: u64,
+    /// Offers refused because of `max_file_size` / `max_transfers` (also counted in `refused`).
+    pub cap_file_size: u64,
+    pub cap_transfers: u64,
     pub completed: u64,
     pub failed: u64,
     pub hash_mismatch: u64,
@@ -422,6 +425,7 @@ impl FileEndpoint {
             return Err(FileError::BadDestination(dst));
         }
         if self.outgoing.len() >= self.cfg.max_transfers {
+            self.counters.cap_transfers += 1;
             return Err(FileError::TooManyTransfers);
         }
         let (handle, mut info) = self.store.open_source(source).map_err(FileError::Store)?;
@@ -429,6 +433,7 @@ impl FileEndpoint {
             info.name = n.to_string();
         }
         if info.size > self.cfg.max_file_size {
+            self.counters.cap_file_size += 1;
             self.store.close_source(handle);
             return Err(FileError::TooLarge);
         }
@@ -652,12 +657,14 @@ impl FileEndpoint {
                 "file too large: {size} bytes exceeds the limit of {} bytes",
                 self.cfg.max_file_size
             );
+            self.counters.cap_file_size += 1;
             return refuse(self, r);
         }
         if size.div_ceil(chunk_size as u64) > u32::MAX as u64 {
             return refuse(self, "chunk size too small for the file".into());
         }
         if self.incoming.len() >= self.cfg.max_transfers {
+            self.counters.cap_transfers += 1;
             return refuse(self, "too many transfers in progress".into());
         }
         // A sender that restarted offers the same content under a new id: let go of the old one

@@ -65,8 +65,8 @@ pub const VERBS: &[Verb] = &[
     },
     Verb {
         name: "sockets",
-        usage: "sockets [--json]",
-        help: "TCP connections with state, cwnd, RTT, RTO, queues (like ss -ti)",
+        usage: "sockets [--json] [--events]",
+        help: "TCP connections with state, cwnd, RTT, RTO, queues (like ss -ti); --events adds timelines",
         run: super::tcp_commands::sockets,
     },
     Verb {

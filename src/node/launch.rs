@@ -4,10 +4,11 @@
 
 use super::clock::{rfc3339_now, unix_micros, Clock};
 use super::inbox::Inbox;
+use super::limits::Limits;
 use super::messaging::Messaging;
 use super::{identity, Node, NodeHandle};
 use crate::device::{DeviceError, PcapWriter, TunDevice};
-use crate::driver::Driver;
+use crate::driver::{Driver, RstDump};
 use crate::impair::rules::RuleSet;
 use crate::impair::ImpairSpec;
 use crate::stack::{Stack, StackConfig};
@@ -35,6 +36,10 @@ pub struct LaunchConfig {
     pub impair_rules: RuleSet,
     pub seed: u64,
     pub peers: Vec<Ipv4Addr>,
+    /// Resource limits (`None` fields keep the cores' defaults).
+    pub limits: Limits,
+    /// Write the recent packets of each reset connection as a pcap into this directory.
+    pub rst_dump: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -53,6 +58,8 @@ impl LaunchConfig {
             impair_rules: RuleSet::default(),
             seed: os_random_u64(),
             peers: Vec::new(),
+            limits: Limits::default(),
+            rst_dump: None,
         }
     }
 }
@@ -62,6 +69,7 @@ pub enum LaunchError {
     Device(DeviceError),
     Capture { path: PathBuf, source: io::Error },
     ControlSocket { path: PathBuf, source: io::Error },
+    RstDump { path: PathBuf, source: io::Error },
     AlreadyRunning { path: PathBuf },
     DataDir { path: PathBuf, source: io::Error },
 }
@@ -77,6 +85,13 @@ impl fmt::Display for LaunchError {
                 write!(
                     f,
                     "cannot create control socket {}: {source}",
+                    path.display()
+                )
+            }
+            LaunchError::RstDump { path, source } => {
+                write!(
+                    f,
+                    "cannot use --rst-dump directory {}: {source}",
                     path.display()
                 )
             }
@@ -146,7 +161,19 @@ pub fn launch<E: From<LaunchError>>(
         Some(path) => Some((bind_control(path)?, path.clone())),
         None => None,
     };
+    let rst_dump = match &cfg.rst_dump {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| LaunchError::RstDump {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(RstDump::new(dir.clone()))
+        }
+        None => None,
+    };
     let mut stack_cfg = StackConfig::new(cfg.addr, cfg.prefix_len, cfg.mtu, cfg.seed);
+    cfg.limits.apply(&mut stack_cfg);
+    stack_cfg.tcp.reset_reports = rst_dump.is_some();
     stack_cfg.msg.node_name = cfg.name.clone();
     stack_cfg.msg.peers = cfg.peers.clone();
     // RFC 6528: the ISN secret must be unpredictable to off-path attackers, so it comes from the
@@ -199,6 +226,7 @@ pub fn launch<E: From<LaunchError>>(
             device,
             pcap,
             control,
+            rst_dump,
         },
     })
 }

@@ -13,6 +13,7 @@ pub mod files;
 pub mod identity;
 pub mod inbox;
 pub mod launch;
+pub mod limits;
 pub mod messaging;
 mod msg_commands;
 mod tcp_commands;
@@ -24,6 +25,7 @@ use crate::time::{earliest, Duration, Instant};
 use clock::Clock;
 use files::FileTracking;
 use inbox::Inbox;
+use limits::RateLimitedLog;
 use messaging::Messaging;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -50,6 +52,9 @@ pub struct DeviceCounters {
     pub write_drops: u64,
     pub wakeups: u64,
     pub pcap_errors: u64,
+    /// `--rst-dump` captures written, and resets not dumped (rate limit, file cap, write error).
+    pub rst_dumps_written: u64,
+    pub rst_dumps_skipped: u64,
 }
 
 /// Status of something running beside the node (the relay), as JSON, for `ctl`.
@@ -77,6 +82,8 @@ pub struct Node {
     /// it (`relay`). Commands clone one out and call it after releasing the node's lock, since a
     /// provider takes its own program's lock.
     pub status_providers: Vec<(&'static str, StatusProvider)>,
+    /// One log line per second at most for each limit that refuses work.
+    pub limit_log: RateLimitedLog,
     started: Instant,
 }
 
@@ -95,6 +102,7 @@ impl Node {
             data_dir: None,
             services: Vec::new(),
             status_providers: Vec::new(),
+            limit_log: RateLimitedLog::default(),
             started: now,
         }
     }
@@ -138,6 +146,11 @@ impl Node {
     /// before it writes the turn's packets, so no ACK leaves for a message not yet on disk.
     pub fn commit(&mut self) {
         self.messaging.inbox.commit();
+    }
+
+    /// Logs the limits hit since their last report (rate-limited); cheap enough for every turn.
+    pub fn check_limits(&mut self, now: Instant) {
+        self.limit_log.check_stack(now, &self.stack);
     }
 
     /// When the node next needs attention: stack timers, apps, impairment queues.

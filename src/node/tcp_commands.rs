@@ -1,13 +1,29 @@
-//! `sockets`: every TCP connection, like `ss -ti`.
+//! `sockets`: every TCP connection, like `ss -ti`; with `--events`, each connection's timeline
+//! and the timelines of the connections that closed last.
 
 use super::commands::{CommandResult, Outcome};
 use super::NodeHandle;
 use std::io::Write;
 
 pub fn sockets(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult {
-    let (socks, services) = h.with(|n, _| (n.stack.tcp.sockets(), n.services.clone()));
+    let events = args.iter().any(|a| a == "--events");
+    let (socks, closed, services) = h.with(|n, _| {
+        let tcp = &n.stack.tcp;
+        if events {
+            (
+                tcp.sockets_with_events(),
+                tcp.closed_timelines(),
+                n.services.clone(),
+            )
+        } else {
+            (tcp.sockets(), Vec::new(), n.services.clone())
+        }
+    });
     if args.iter().any(|a| a == "--json") {
-        let v = serde_json::json!({ "services": services, "connections": socks });
+        let mut v = serde_json::json!({ "services": services, "connections": socks });
+        if events {
+            v["closed"] = serde_json::json!(closed);
+        }
         writeln!(
             out,
             "{}",
@@ -59,6 +75,32 @@ pub fn sockets(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandR
             s.bytes_received,
             if s.in_recovery { " recovering" } else { "" }
         )?;
+        for e in s.events.iter().flatten() {
+            writeln!(out, "      {e}")?;
+        }
+    }
+    if events {
+        writeln!(out, "recently closed ({}, oldest first):", closed.len())?;
+        for c in &closed {
+            let err = c.error.map(|e| format!(" ({e})")).unwrap_or_default();
+            writeln!(
+                out,
+                "  {} -> {} closed at {:.3} ms{err}",
+                c.local,
+                c.remote,
+                c.closed_at_us as f64 / 1000.0
+            )?;
+            if c.overwritten > 0 {
+                writeln!(
+                    out,
+                    "      ... {} earlier events overwritten",
+                    c.overwritten
+                )?;
+            }
+            for e in &c.events {
+                writeln!(out, "      {e}")?;
+            }
+        }
     }
     Ok(Outcome::Continue)
 }

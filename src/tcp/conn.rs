@@ -16,6 +16,7 @@
 //! space, tracked by the assembler.
 
 use super::cc::{self, CongestionControl};
+use super::events::{EventKind, EventLog, RetransmitReason, RstReason};
 use super::isn::COOKIE_MSS;
 use super::ring::{Assembler, Ring};
 use super::seq::SeqNumber;
@@ -41,6 +42,7 @@ pub(super) enum Reply {
     Rst {
         seq: SeqNumber,
         ack: Option<SeqNumber>,
+        reason: RstReason,
     },
 }
 
@@ -159,6 +161,14 @@ pub(super) struct Conn {
     pub retransmits: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+
+    /// The forensic timeline (see `events`).
+    pub events: EventLog,
+    /// The state and error the timeline last recorded: the endpoint logs changes in `settle`.
+    pub logged_state: TcpState,
+    pub logged_error: bool,
+    /// A reset this connection sent or received, for the endpoint's reset reports.
+    pub reset: Option<RstReason>,
 }
 
 const MAX_SACKED: usize = 32;
@@ -239,6 +249,10 @@ impl Conn {
             retransmits: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            events: EventLog::default(),
+            logged_state: TcpState::Closed,
+            logged_error: false,
+            reset: None,
         }
     }
 
@@ -394,6 +408,7 @@ impl Conn {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             in_recovery: self.in_recovery,
+            events: None,
         }
     }
 
@@ -549,6 +564,8 @@ impl Conn {
                 return Reply::None;
             }
             env.counters.resets_in += 1;
+            self.events.push(env.now, EventKind::RstReceived);
+            self.reset = Some(RstReason::Received);
             match self.state {
                 TcpState::SynReceived if !self.active => {}
                 TcpState::SynReceived => self.error = Some(TcpError::ConnectionRefused),
@@ -590,6 +607,7 @@ impl Conn {
                 return Reply::Rst {
                     seq: h.ack,
                     ack: None,
+                    reason: RstReason::BadAck,
                 };
             }
             self.snd_wnd = (h.window as usize) << self.snd_wscale;
@@ -635,6 +653,7 @@ impl Conn {
                         let r = Reply::Rst {
                             seq: self.snd_nxt,
                             ack: None,
+                            reason: RstReason::DataAfterClose,
                         };
                         self.enter_closed();
                         return r;
@@ -670,11 +689,14 @@ impl Conn {
             return Reply::Rst {
                 seq: h.ack,
                 ack: None,
+                reason: RstReason::BadAck,
             };
         }
         if h.flags.rst() {
             if h.flags.ack() {
                 env.counters.resets_in += 1;
+                self.events.push(env.now, EventKind::RstReceived);
+                self.reset = Some(RstReason::Received);
                 self.error = Some(TcpError::ConnectionRefused);
                 self.enter_closed();
             }
@@ -802,6 +824,8 @@ impl Conn {
                 if ack >= self.recover {
                     self.in_recovery = false;
                     self.dupacks = 0;
+                    let cwnd = self.cc.cwnd();
+                    self.events.push(now, EventKind::RecoveryEnd { cwnd });
                 } else {
                     // Partial ACK (RFC 6582 section 3.2 step 5): the next hole is lost too.
                     self.rexmit_next = self.rexmit_next.max(ack);
@@ -847,6 +871,14 @@ impl Conn {
         let flight = self.snd_max.since(self.snd_una);
         let mss = self.max_payload();
         self.cc.on_loss(env.now, flight, mss);
+        let snap = EventKind::RecoveryStart {
+            srtt_us: self.srtt.map_or(0, |d| d.as_micros() as u64),
+            rto_ms: self.rto.as_millis() as u64,
+            cwnd: self.cc.cwnd(),
+            ssthresh: self.cc.ssthresh().min(u32::MAX as usize),
+            flight,
+        };
+        self.events.push(env.now, snap);
         self.rexmit_next = self.snd_una;
         self.force_rexmit = true;
         self.rtt_probe = None;
@@ -1073,6 +1105,14 @@ impl Conn {
     /// RFC 6298 section 5: back off, resend from the oldest unacknowledged byte.
     fn on_rto(&mut self, env: &mut Env<'_>) {
         env.counters.rto_timeouts += 1;
+        let snap = EventKind::Timeout {
+            backoff: self.backoff + 1,
+            srtt_us: self.srtt.map_or(0, |d| d.as_micros() as u64),
+            rto_ms: self.rto.as_millis() as u64,
+            cwnd: self.cc.cwnd(),
+            flight: self.snd_max.since(self.snd_una),
+        };
+        self.events.push(env.now, snap);
         self.backoff += 1;
         let limit = if self.is_synchronized() {
             env.cfg.max_retransmits
@@ -1119,6 +1159,11 @@ impl Conn {
             TcpState::SynSent | TcpState::SynReceived => {
                 if self.snd_nxt == self.iss || self.ack_now {
                     let retrans = self.snd_max != self.iss;
+                    let reason = if self.snd_nxt == self.iss {
+                        RetransmitReason::Rto
+                    } else {
+                        RetransmitReason::DuplicateSyn
+                    };
                     let flags = if self.state == TcpState::SynSent {
                         Flags::SYN
                     } else {
@@ -1128,6 +1173,7 @@ impl Conn {
                     if retrans {
                         env.counters.retransmits += 1;
                         self.retransmits += 1;
+                        self.log_retransmit(env, reason, self.iss, 0);
                     } else {
                         self.rtt_probe = Some((self.iss, env.now));
                     }
@@ -1171,6 +1217,7 @@ impl Conn {
             };
             self.emit(env, tx, flags, self.snd_una, data);
             env.counters.window_probes += 1;
+            self.log_retransmit(env, RetransmitReason::PersistProbe, self.snd_una, data);
             let end = self.snd_una + data + fin as usize;
             self.snd_nxt = self.snd_nxt.max(end);
             self.snd_max = self.snd_max.max(end);
@@ -1181,6 +1228,7 @@ impl Conn {
             // RFC 9293 section 3.8.4: SEG.SEQ = SND.NXT - 1 makes the peer answer with an ACK.
             if !sent {
                 self.emit(env, tx, Flags::ACK, self.snd_una - 1, 0);
+                self.log_retransmit(env, RetransmitReason::KeepaliveProbe, self.snd_una - 1, 0);
                 sent = true;
             }
         }
@@ -1246,6 +1294,11 @@ impl Conn {
             if !self.force_rexmit && self.pipe() + len > self.cc.cwnd() {
                 break;
             }
+            let reason = if self.force_rexmit {
+                RetransmitReason::FastRetransmit
+            } else {
+                RetransmitReason::LossRecovery
+            };
             self.force_rexmit = false;
             let flags = if fin {
                 Flags::ACK | Flags::FIN
@@ -1256,6 +1309,7 @@ impl Conn {
             self.rexmit_next = start + len + fin as usize;
             env.counters.retransmits += 1;
             self.retransmits += 1;
+            self.log_retransmit(env, reason, start, len);
             sent = true;
         }
         self.force_rexmit = false;
@@ -1320,6 +1374,7 @@ impl Conn {
             if retrans {
                 env.counters.retransmits += 1;
                 self.retransmits += 1;
+                self.log_retransmit(env, RetransmitReason::Rto, seq, len);
             } else {
                 self.bytes_sent += len as u64;
                 if self.rtt_probe.is_none() && !self.ts_ok {
@@ -1440,6 +1495,21 @@ impl Conn {
 }
 
 impl Conn {
+    fn log_retransmit(
+        &mut self,
+        env: &Env<'_>,
+        reason: RetransmitReason,
+        seq: SeqNumber,
+        len: usize,
+    ) {
+        let kind = EventKind::Retransmit {
+            reason,
+            seq: seq.0,
+            len: len as u32,
+        };
+        self.events.push(env.now, kind);
+    }
+
     pub fn snd_nxt(&self) -> SeqNumber {
         self.snd_nxt
     }

@@ -12,6 +12,7 @@
 
 pub mod cc;
 mod conn;
+pub mod events;
 pub mod isn;
 pub mod ring;
 pub mod seq;
@@ -24,6 +25,10 @@ use crate::ip::{IcmpError, IcmpErrorKind, IpPacket, SendOptions, Transport, Tx};
 use crate::rand::Rng;
 use crate::time::{Duration, Instant};
 use conn::{Conn, Env, Negotiated, Reply};
+use events::{
+    ClosedTimeline, EventKind, EventLog, ResetReport, RstReason, TcpEvent, CLOSED_TIMELINES,
+    MAX_RESET_REPORTS,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
@@ -73,6 +78,9 @@ pub struct TcpConfig {
     /// Bytes of send and receive buffers all connections together may hold.
     pub max_buffer_total: usize,
     pub ephemeral_ports: (u16, u16),
+    /// Queue a `ResetReport` for every reset sent or received (`poll_reset`), for a node that
+    /// dumps the packets behind each reset. Off by default: nobody would drain the queue.
+    pub reset_reports: bool,
     /// For tests only: every new connection starts at this ISN (to exercise wrap-around).
     #[doc(hidden)]
     pub fixed_isn: Option<u32>,
@@ -107,6 +115,7 @@ impl Default for TcpConfig {
             challenge_ack_limit: 1000,
             max_buffer_total: 4 << 30,
             ephemeral_ports: (49152, 65535),
+            reset_reports: false,
             fixed_isn: None,
         }
     }
@@ -233,6 +242,9 @@ pub struct SocketInfo {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub in_recovery: bool,
+    /// The connection's timeline, oldest first, when asked for (`sockets_with_events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<TcpEvent>>,
 }
 
 /// Endpoint-wide counters; every cap hit and every refused segment is counted.
@@ -269,6 +281,8 @@ pub struct TcpCounters {
     pub cap_syn_backlog: u64,
     pub cap_buffer_total: u64,
     pub closed_port: u64,
+    /// Reset reports dropped because the node had not drained the queue (a reset flood).
+    pub reset_reports_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -306,6 +320,16 @@ pub struct Tcp {
     mtu: usize,
     /// Resets requested by `abort`, sent on the next `poll`.
     pending_rsts: Vec<(u16, SocketAddrV4, SeqNumber)>,
+    /// Timelines of the last connections released, oldest first (bounded).
+    closed: VecDeque<(
+        SocketAddrV4,
+        SocketAddrV4,
+        Instant,
+        Option<TcpError>,
+        EventLog,
+    )>,
+    /// Resets not yet drained by `poll_reset` (bounded).
+    resets: VecDeque<ResetReport>,
 }
 
 impl Tcp {
@@ -332,6 +356,8 @@ impl Tcp {
             live: 0,
             mtu: 1500,
             pending_rsts: Vec::new(),
+            closed: VecDeque::new(),
+            resets: VecDeque::new(),
         }
     }
 
@@ -631,6 +657,7 @@ impl Tcp {
     /// Resets the connection now (RFC 9293 section 3.10.5). The handle stays valid, in CLOSED,
     /// until `close`.
     pub fn abort(&mut self, h: SocketHandle) {
+        let now = self.now;
         let Some(c) = self.conn_mut_any(h) else {
             return;
         };
@@ -646,6 +673,13 @@ impl Tcp {
         let seq = c.snd_nxt();
         c.enter_closed();
         if send_rst {
+            c.events.push(
+                now,
+                EventKind::RstSent {
+                    reason: RstReason::Abort,
+                },
+            );
+            c.reset = Some(RstReason::Abort);
             self.counters.resets_out += 1;
             self.pending_rsts.push((local.port(), remote, seq));
         }
@@ -735,6 +769,7 @@ impl Tcp {
                 bytes_sent: 0,
                 bytes_received: 0,
                 in_recovery: false,
+                events: None,
             })
             .collect();
         v.extend(
@@ -744,6 +779,59 @@ impl Tcp {
                 .map(|c| c.info()),
         );
         v
+    }
+
+    /// Like `sockets`, with each connection's timeline.
+    pub fn sockets_with_events(&self) -> Vec<SocketInfo> {
+        let mut v = self.sockets();
+        let live = self.conns.iter().filter_map(|s| s.item.as_ref());
+        let listeners = v.len() - live.clone().count();
+        for (info, c) in v[listeners..].iter_mut().zip(live) {
+            info.events = Some(c.events.to_vec());
+        }
+        v
+    }
+
+    /// The timeline of one connection, oldest first.
+    pub fn socket_events(&self, h: SocketHandle) -> Option<Vec<TcpEvent>> {
+        self.conn_any(h).map(|c| c.events.to_vec())
+    }
+
+    /// Timelines of the connections released most recently, oldest first: a connection that
+    /// just died can still be inspected.
+    pub fn closed_timelines(&self) -> Vec<ClosedTimeline> {
+        self.closed
+            .iter()
+            .map(|(local, remote, at, error, log)| ClosedTimeline {
+                local: local.to_string(),
+                remote: remote.to_string(),
+                closed_at_us: at.as_micros(),
+                error: *error,
+                overwritten: log.overwritten(),
+                events: log.to_vec(),
+            })
+            .collect()
+    }
+
+    /// The next reset sent or received (with `TcpConfig::reset_reports`), oldest first.
+    pub fn poll_reset(&mut self) -> Option<ResetReport> {
+        self.resets.pop_front()
+    }
+
+    fn report_reset(&mut self, local: SocketAddrV4, remote: SocketAddrV4, reason: RstReason) {
+        if !self.cfg.reset_reports {
+            return;
+        }
+        if self.resets.len() >= MAX_RESET_REPORTS {
+            self.counters.reset_reports_dropped += 1;
+            return;
+        }
+        self.resets.push_back(ResetReport {
+            at: self.now,
+            local,
+            remote,
+            reason,
+        });
     }
 
     /// Connections in the table, in any state (TIME-WAIT and orphans included).
@@ -778,6 +866,28 @@ impl Tcp {
     /// listener's accept queue, the timer heap, and releasing closed connections.
     fn settle(&mut self, i: u32) {
         let gen = self.conns[i as usize].generation;
+        let now = self.now;
+        let Some(c) = self.conns[i as usize].item.as_mut() else {
+            return;
+        };
+        // The timeline learns of state changes and errors here, once per event, rather than at
+        // each of the many places in `Conn` that move the state.
+        if c.state != c.logged_state {
+            let kind = EventKind::State {
+                from: c.logged_state,
+                to: c.state,
+            };
+            c.events.push(now, kind);
+            c.logged_state = c.state;
+        }
+        if let (Some(error), false) = (c.error, c.logged_error) {
+            c.events.push(now, EventKind::Error { error });
+            c.logged_error = true;
+        }
+        if let Some(reason) = c.reset.take() {
+            let (local, remote) = (c.local, c.remote);
+            self.report_reset(local, remote, reason);
+        }
         let Some(c) = self.conns[i as usize].item.as_mut() else {
             return;
         };
@@ -810,7 +920,13 @@ impl Tcp {
                 self.by_tuple.remove(&key);
             }
             if c.orphaned {
-                self.conns[i as usize].item = None;
+                let c = self.conns[i as usize].item.take().expect("checked above");
+                if self.closed.len() == CLOSED_TIMELINES {
+                    self.closed.pop_front();
+                }
+                // The log moves, so keeping it costs no copy.
+                self.closed
+                    .push_back((c.local, c.remote, self.now, c.error, c.events));
                 self.conns[i as usize].generation = gen.wrapping_add(1);
                 self.free_conns.push(i);
                 self.live -= 1;
@@ -834,7 +950,9 @@ impl Tcp {
         let reply = c.process(&mut env, h, payload);
         c.dispatch(&mut env, tx);
         let (local, remote) = (c.local, c.remote);
-        if let Reply::Rst { seq, ack } = reply {
+        if let Reply::Rst { seq, ack, reason } = reply {
+            c.events.push(env.now, EventKind::RstSent { reason });
+            c.reset = Some(reason);
             self.send_rst(tx, local.port(), remote, seq, ack);
         }
         self.settle(i);
@@ -893,6 +1011,8 @@ impl Tcp {
             return;
         }
         self.counters.closed_port += 1;
+        let local = SocketAddrV4::new(self.addr, h.dst_port);
+        self.report_reset(local, remote, RstReason::ClosedPort);
         if h.flags.ack() {
             self.send_rst(tx, h.dst_port, remote, h.ack, None);
         } else {
@@ -932,6 +1052,7 @@ impl Tcp {
                 }
                 self.counters.syn_cookies_failed += 1;
             }
+            self.report_reset(local, remote, RstReason::ListenerAck);
             self.send_rst(tx, h.dst_port, remote, h.ack, None);
             return;
         }

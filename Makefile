@@ -17,7 +17,7 @@ help:
 build:
 	$(CARGO) build --release
 
-test: deps unit-test netns-test
+test: deps unit-test netns-test bench-smoke
 
 unit-test:
 	$(CARGO) test --release

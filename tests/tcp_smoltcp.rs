@@ -201,9 +201,9 @@ fn test_smoltcp_clean() {
     against_smoltcp(
         1,
         "delay=5ms",
-        1_000_000,
-        1_000_000,
-        Duration::from_secs(60),
+        10_000_000,
+        10_000_000,
+        Duration::from_secs(120),
     );
 }
 
@@ -226,5 +226,16 @@ fn test_smoltcp_loss_5pct_reorder() {
         200_000,
         200_000,
         Duration::from_secs(600),
+    );
+}
+
+#[test]
+fn test_smoltcp_loss_20pct() {
+    against_smoltcp(
+        4,
+        "loss=20%,delay=5ms",
+        50_000,
+        50_000,
+        Duration::from_secs(3600),
     );
 }

@@ -7,6 +7,8 @@
 #   resumes, and no partial file ever appears under the final name;
 # - a file offered as `../../etc/x` lands inside received/;
 # then `star 3`: every node knows every other after one --peer each.
+# Functions below are called through wait_for's eval, which shellcheck cannot see.
+# shellcheck disable=SC2317
 set -euo pipefail
 # shellcheck source=tests/netns/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

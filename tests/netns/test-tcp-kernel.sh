@@ -15,7 +15,7 @@ require_root
 require_cmd nc curl python3 tcpdump
 require_tunstack
 
-PEER="python3 $(dirname "${BASH_SOURCE[0]}")/tcp_peer.py"
+PEER=(python3 "$(dirname "${BASH_SOURCE[0]}")/tcp_peer.py")
 BIG=${TCP_TEST_BYTES:-100000000}
 
 # ------------------------------------------------------------------ pair
@@ -36,14 +36,14 @@ chargen=$(nsx timeout 5 nc 198.18.0.2 19 </dev/null | head -c 74) || true
 log "capture a transfer for tshark"
 CAP=$TS_TMP/tcp.pcap
 start_tcpdump "$NS_A" "$TS_TMP/tcpdump.txt" -ni tun0 -w "$CAP" tcp
-read -r sent got n < <(nsx $PEER echo 198.18.0.2 7 2000000)
+read -r sent got n < <(nsx "${PEER[@]}" echo 198.18.0.2 7 2000000)
 [[ $sent == "$got" && $n == 2000000 ]] || fail "2 MB echo: $sent vs $got ($n bytes)"
 sleep 0.3
 stop "$TCPDUMP_PID"
 
 log "curl: a page and a ${BIG}-byte download, checked by hash"
 nsx curl -sf --max-time 10 http://198.18.0.2/ | grep -q "hello from tunstack" || fail "curl page"
-want=$($PEER pattern-sha "$BIG")
+want=$("${PEER[@]}" pattern-sha "$BIG")
 t0=$(date +%s.%N)
 got=$(nsx curl -sf --max-time 120 "http://198.18.0.2/bytes/$BIG" | sha256sum | cut -d' ' -f1)
 t1=$(date +%s.%N)
@@ -51,13 +51,13 @@ t1=$(date +%s.%N)
 log "download: $(python3 -c "print(f'{$BIG*8/($t1-$t0)/1e6:.0f} Mbit/s')")"
 
 log "${BIG} bytes echoed both ways at once, by python sockets"
-read -r sent got n < <(nsx $PEER echo 198.18.0.2 7 "$BIG")
+read -r sent got n < <(nsx "${PEER[@]}" echo 198.18.0.2 7 "$BIG")
 [[ $sent == "$got" && $n == "$BIG" ]] || fail "echo of $BIG bytes: $n bytes back, hashes $sent / $got"
 
 log "1,000 sequential connections"
-nsx $PEER sequential 198.18.0.2 7 1000 | grep -q "ok 1000" || fail "sequential connections"
+nsx "${PEER[@]}" sequential 198.18.0.2 7 1000 | grep -q "ok 1000" || fail "sequential connections"
 log "200 concurrent connections"
-nsx $PEER concurrent 198.18.0.2 7 200 | grep -q "ok 200" || fail "concurrent connections"
+nsx "${PEER[@]}" concurrent 198.18.0.2 7 200 | grep -q "ok 200" || fail "concurrent connections"
 
 log "hold: the window fills and stays shut, the node stays healthy"
 # The client fills the window, reports how much the path took, and keeps the socket open.
@@ -103,6 +103,7 @@ interrupt "$NODE_PID"
 log "tcp listen: the kernel uploads ${BIG} bytes to our listener"
 head -c "$BIG" /dev/urandom >"$TS_TMP/up.bin"
 want=$(sha256sum "$TS_TMP/up.bin" | cut -d' ' -f1)
+# shellcheck disable=SC2217  # bg runs the command with these redirections; it reads stdin
 bg "$NS_A" "$TUNSTACK" tcp listen 6000 --tun tun0 --addr 198.18.0.2/24 --name flisten \
 	--control "$TS_TMP/listen.sock" --data-dir "$TS_TMP/ldata" >"$TS_TMP/listen.out" 2>"$TS_TMP/listen.err" </dev/null
 LPID=$BG_PID
@@ -113,7 +114,7 @@ got=$(sha256sum "$TS_TMP/listen.out" | cut -d' ' -f1)
 [[ $got == "$want" ]] || fail "upload hash mismatch ($(stat -c %s "$TS_TMP/listen.out") bytes)"
 
 log "tcp connect: our client sends ${BIG} bytes to a kernel server"
-bg "$NS_A" $PEER serve-hash 198.18.0.1 6001 >"$TS_TMP/serve.out" 2>&1
+bg "$NS_A" "${PEER[@]}" serve-hash 198.18.0.1 6001 >"$TS_TMP/serve.out" 2>&1
 wait_for "ip netns exec '$NS_A' ss -ltnH 'sport = :6001' | grep -q 6001" 10 || fail "the kernel server did not start"
 nsx "$TUNSTACK" tcp connect 198.18.0.1 6001 --tun tun0 --addr 198.18.0.2/24 --name fconnect \
 	--control "$TS_TMP/connect.sock" --data-dir "$TS_TMP/cdata" <"$TS_TMP/up.bin" >"$TS_TMP/connect.out" 2>"$TS_TMP/connect.err" ||
@@ -143,10 +144,10 @@ NFT
 	start_node "$NS_A" --tun tun0 --addr 198.18.1.2/24 --name fline --serve echo:7 --serve http:80
 	nsb() { ip netns exec "$NS_B" "$@"; }
 	LOSSY=${TCP_LOSSY_BYTES:-20000000}
-	want=$($PEER pattern-sha "$LOSSY")
+	want=$("${PEER[@]}" pattern-sha "$LOSSY")
 	got=$(nsb curl -sf --max-time 120 "http://198.18.1.2/bytes/$LOSSY" | sha256sum | cut -d' ' -f1)
 	[[ $got == "$want" ]] || fail "lossy download hash mismatch"
-	read -r sent got n < <(nsb $PEER echo 198.18.1.2 7 5000000)
+	read -r sent got n < <(nsb "${PEER[@]}" echo 198.18.1.2 7 5000000)
 	[[ $sent == "$got" && $n == 5000000 ]] || fail "lossy echo: $n bytes, $sent vs $got"
 	dropped=$(ip netns exec "$NS_A" nft list counter inet tsloss dropped | sed -n 's/.*packets \([0-9]*\).*/\1/p')
 	((dropped > 50)) || fail "nftables dropped only $dropped packets"

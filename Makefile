@@ -5,7 +5,7 @@ TOPO ?= pair
 SETUP := netns-scripts/setup-netns.sh
 
 # Tools the netns tests and the demo call; installed by `make deps` when root.
-DEPS_PKGS := iproute2 tcpdump nftables tshark iputils-ping netcat-openbsd python3 procps
+DEPS_PKGS := iproute2 tcpdump nftables tshark iputils-ping netcat-openbsd python3 procps curl ethtool
 
 .PHONY: help build test unit-test netns-test demo lab lab-down deps fmt lint bench bench-smoke fuzz \
 	fuzz-smoke fuzz-seeds

@@ -25,6 +25,7 @@ pub mod msg;
 pub mod node;
 pub mod rand;
 pub mod relay;
+pub mod rtt;
 pub mod services;
 pub mod session;
 pub mod sim;

@@ -19,6 +19,7 @@ pub mod wire;
 
 use crate::ip::{IpPacket, Transport, Tx};
 use crate::rand::Rng;
+use crate::rtt::RttEstimator;
 use crate::time::{earliest, Duration, Instant};
 use ranges::RangeSet;
 use serde::Serialize;
@@ -191,31 +192,6 @@ enum OutState {
 }
 
 #[derive(Debug)]
-struct Rtt {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    rto: Duration,
-}
-
-impl Rtt {
-    fn sample(&mut self, r: Duration, cfg: &FileConfig) {
-        match self.srtt {
-            None => {
-                self.srtt = Some(r);
-                self.rttvar = r / 2;
-            }
-            Some(s) => {
-                let d = s.abs_diff(r);
-                self.rttvar = (self.rttvar * 3 + d) / 4;
-                self.srtt = Some((s * 7 + r) / 8);
-            }
-        }
-        let rto = self.srtt.unwrap_or_default() + (self.rttvar * 4).max(Duration::from_millis(1));
-        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
-    }
-}
-
-#[derive(Debug)]
 struct Outgoing {
     id: u64,
     peer: Ipv4Addr,
@@ -237,7 +213,7 @@ struct Outgoing {
     cwnd: f64,
     ssthresh: f64,
     recovery_pn: u32,
-    rtt: Rtt,
+    rtt: RttEstimator,
     /// Consecutive timeouts without progress (offers, data or the wait for DONE).
     tries: u32,
     due: Instant,
@@ -466,11 +442,7 @@ impl FileEndpoint {
                 cwnd: self.cfg.initial_window as f64,
                 ssthresh: self.cfg.max_window as f64,
                 recovery_pn: 0,
-                rtt: Rtt {
-                    srtt: None,
-                    rttvar: Duration::ZERO,
-                    rto: self.cfg.initial_rto,
-                },
+                rtt: RttEstimator::new(self.cfg.initial_rto, self.cfg.min_rto, self.cfg.max_rto),
                 tries: 0,
                 due: now,
                 started: now,
@@ -865,7 +837,7 @@ impl FileEndpoint {
         }
         o.state = OutState::Sending;
         o.tries = 0;
-        o.due = now + o.rtt.rto;
+        o.due = now + o.rtt.rto();
         o.next_new = o.acked.next_missing(0);
         let resumed = (o.acked.count() * o.chunk_size as u64).min(o.size);
         self.events.push_back(FileEvent::Started {
@@ -883,7 +855,7 @@ impl FileEndpoint {
             o.inflight.clear();
             o.lost.clear();
             o.tries = 0;
-            o.due = now + o.rtt.rto;
+            o.due = now + o.rtt.rto();
         }
     }
 
@@ -927,11 +899,11 @@ impl FileEndpoint {
         }
         o.inflight = keep;
         if let Some(s) = sample {
-            o.rtt.sample(s, cfg);
+            o.rtt.sample(s);
         }
         if newly > 0 {
             o.tries = 0;
-            o.due = now + o.rtt.rto;
+            o.due = now + o.rtt.rto();
         }
         for _ in 0..newly {
             o.cwnd += if o.cwnd < o.ssthresh {
@@ -1003,7 +975,7 @@ impl FileEndpoint {
         let o = self.outgoing.get_mut(&id).expect("caller checked");
         let timeout = |o: &Outgoing, cfg: &FileConfig| {
             o.rtt
-                .rto
+                .rto()
                 .mul_f64(cfg.backoff.max(1.0).powi(o.tries.min(64) as i32))
                 .min(cfg.max_rto)
         };
@@ -1137,7 +1109,7 @@ impl FileEndpoint {
             let pn = o.next_pn;
             o.next_pn = o.next_pn.wrapping_add(1);
             if o.inflight.is_empty() {
-                o.due = now + o.rtt.rto;
+                o.due = now + o.rtt.rto();
             }
             o.inflight.push_back((pn, c, now));
             let repr = Repr::Data {

@@ -23,6 +23,7 @@ pub mod wire;
 
 use crate::ip::{IcmpError, IpPacket, Transport, Tx};
 use crate::rand::Rng;
+use crate::rtt::RttEstimator;
 use crate::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -249,9 +250,7 @@ struct Peer {
     epoch: u64,
     state: PeerState,
     last_seen: Option<Instant>,
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    rto: Duration,
+    rtt: RttEstimator,
     hello_due: Option<Instant>,
     hello_tries: u32,
     hello_reply: Option<Option<u32>>,
@@ -272,7 +271,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(addr: Ipv4Addr, now: Instant, rto: Duration) -> Peer {
+    fn new(addr: Ipv4Addr, now: Instant, rtt: RttEstimator) -> Peer {
         Peer {
             addr,
             name: String::new(),
@@ -280,9 +279,7 @@ impl Peer {
             epoch: 0,
             state: PeerState::Probing,
             last_seen: None,
-            srtt: None,
-            rttvar: Duration::ZERO,
-            rto,
+            rtt,
             hello_due: None,
             hello_tries: 0,
             hello_reply: None,
@@ -301,28 +298,12 @@ impl Peer {
         }
     }
 
-    fn rtt_sample(&mut self, r: Duration, cfg: &MsgConfig) {
-        match self.srtt {
-            None => {
-                self.srtt = Some(r);
-                self.rttvar = r / 2;
-            }
-            Some(s) => {
-                let diff = s.abs_diff(r);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((s * 7 + r) / 8);
-            }
-        }
-        let rto = self.srtt.unwrap_or_default() + (self.rttvar * 4).max(Duration::from_millis(1));
-        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
-    }
-
     fn timeout(&self, tries: u32, cfg: &MsgConfig) -> Duration {
         let f = cfg
             .backoff
             .max(1.0)
             .powi(tries.saturating_sub(1).min(64) as i32);
-        self.rto.mul_f64(f).min(cfg.max_rto)
+        self.rtt.rto().mul_f64(f).min(cfg.max_rto)
     }
 
     /// Renumbers everything undelivered into a new stream that starts beyond any number used.
@@ -445,7 +426,7 @@ impl MsgEndpoint {
                 name: p.name.clone(),
                 id: p.node_id,
                 epoch: p.epoch,
-                rtt_ms: p.srtt.map(|d| d.as_secs_f64() * 1000.0),
+                rtt_ms: p.rtt.srtt().map(|d| d.as_secs_f64() * 1000.0),
                 last_seen_ms_ago: p.last_seen.map(|t| (now - t).as_millis() as u64),
                 state: p.state,
                 pending: p.pending_msgs,
@@ -457,7 +438,7 @@ impl MsgEndpoint {
 
     /// The peer's smoothed RTT, for other transports that want a starting estimate.
     pub fn peer_rtt(&self, addr: Ipv4Addr) -> Option<Duration> {
-        self.peers.get(&addr).and_then(|p| p.srtt)
+        self.peers.get(&addr).and_then(|p| p.rtt.srtt())
     }
 
     fn valid_peer_addr(&self, a: Ipv4Addr) -> bool {
@@ -495,8 +476,8 @@ impl MsgEndpoint {
                 }
             }
         }
-        let rto = self.cfg.initial_rto;
-        self.peers.insert(addr, Peer::new(addr, now, rto));
+        let rtt = RttEstimator::new(self.cfg.initial_rto, self.cfg.min_rto, self.cfg.max_rto);
+        self.peers.insert(addr, Peer::new(addr, now, rtt));
         true
     }
 
@@ -744,7 +725,7 @@ impl MsgEndpoint {
                 if h.flags & flags::ECHO != 0 {
                     let micros = (now.as_micros() as u32).wrapping_sub(h.ack);
                     if micros < 60_000_000 {
-                        p.rtt_sample(Duration::from_micros(micros as u64), cfg);
+                        p.rtt.sample(Duration::from_micros(micros as u64));
                     }
                 }
                 if h.flags & flags::REQUEST != 0 {
@@ -846,7 +827,6 @@ impl MsgEndpoint {
     }
 
     fn process_ack(&mut self, now: Instant, src: Ipv4Addr, cum: u32, ranges: &[(u32, u32)]) {
-        let cfg = &self.cfg;
         let p = self.peers.get_mut(&src).expect("caller checked");
         let Some(front) = p.segs.front() else {
             return;
@@ -888,11 +868,11 @@ impl MsgEndpoint {
             }
         }
         if let Some(r) = sample {
-            p.rtt_sample(r, cfg);
+            p.rtt.sample(r);
         }
         // Three later segments held by the receiver are evidence enough that this one was lost.
         if let Some(h) = highest_sacked {
-            let min_gap = p.srtt.unwrap_or(p.rto);
+            let min_gap = p.rtt.srtt().unwrap_or(p.rtt.rto());
             for i in 0..h.saturating_sub(2) {
                 let s = &mut p.segs[i];
                 if !s.acked && !s.lost && s.tries > 0 && now - s.last_sent >= min_gap {

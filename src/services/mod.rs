@@ -322,12 +322,18 @@ fn http_request(c: &mut Conn, data: &[u8]) {
 
 /// The body of `GET /bytes/N`: byte i is `i % 251`, so a client can check it without a copy.
 fn fill_http_body(c: &mut Conn, capacity: usize) {
-    let want = (capacity.min(OUT_LIMIT).saturating_sub(c.out.len()) as u64).min(c.http_left);
-    for _ in 0..want {
-        c.out.push_back((c.chargen_pos % 251) as u8);
-        c.chargen_pos += 1;
+    static CYCLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cycle = CYCLE.get_or_init(|| (0..251u32).map(|i| i as u8).collect());
+    let mut want =
+        (capacity.min(OUT_LIMIT).saturating_sub(c.out.len()) as u64).min(c.http_left) as usize;
+    c.http_left -= want as u64;
+    while want > 0 {
+        let at = c.chargen_pos % cycle.len();
+        let run = (cycle.len() - at).min(want);
+        c.out.extend(&cycle[at..at + run]);
+        c.chargen_pos = at + run;
+        want -= run;
     }
-    c.http_left -= want;
 }
 
 fn answer_lines(c: &mut Conn, data: &[u8]) {
@@ -364,22 +370,31 @@ fn answer_line(c: &mut Conn, line: &[u8]) {
     }
 }
 
-/// RFC 864's pattern: lines of 72 printable characters, each starting one character further
-/// along the 95-character ASCII ring.
+/// One full cycle of RFC 864's pattern: 95 lines of 72 printable characters and CRLF, each
+/// line starting one character further along the 95-character ASCII ring.
+fn chargen_cycle() -> &'static [u8] {
+    static CYCLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CYCLE.get_or_init(|| {
+        let mut v = Vec::with_capacity(95 * 74);
+        for line in 0..95 {
+            v.extend((0..72).map(|col| b' ' + ((line + col) % 95) as u8));
+            v.extend_from_slice(b"\r\n");
+        }
+        v
+    })
+}
+
+/// Queues pattern bytes up to what the connection can take, copying whole runs of the
+/// precomputed cycle (byte-at-a-time generation capped chargen at a few hundred Mbit/s).
 fn fill_chargen(c: &mut Conn, capacity: usize) {
-    let want = capacity.min(OUT_LIMIT).saturating_sub(c.out.len());
-    let mut added = 0;
-    while added < want {
-        let line_start = c.chargen_pos / 74;
-        let col = c.chargen_pos % 74;
-        let b = match col {
-            72 => b'\r',
-            73 => b'\n',
-            _ => b' ' + ((line_start + col) % 95) as u8,
-        };
-        c.out.push_back(b);
-        c.chargen_pos = (c.chargen_pos + 1) % (95 * 74);
-        added += 1;
+    let cycle = chargen_cycle();
+    let mut want = capacity.min(OUT_LIMIT).saturating_sub(c.out.len());
+    while want > 0 {
+        let at = c.chargen_pos % cycle.len();
+        let run = (cycle.len() - at).min(want);
+        c.out.extend(&cycle[at..at + run]);
+        c.chargen_pos = (at + run) % cycle.len();
+        want -= run;
     }
 }
 

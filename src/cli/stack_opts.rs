@@ -10,6 +10,8 @@ use crate::ip::IpConfig;
 use crate::node::launch::{launch, LaunchConfig, LaunchError};
 use crate::node::{Node, NodeHandle};
 use crate::stack::StackConfig;
+use crate::tcp::Congestion;
+use crate::time::Duration;
 use clap::Args;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -70,6 +72,42 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a size (a number, optionally with K, M or G)"))
+}
+
+fn parse_congestion(s: &str) -> Result<Congestion, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "cubic" => Ok(Congestion::Cubic),
+        "newreno" | "reno" => Ok(Congestion::NewReno),
+        _ => Err(format!(
+            "'{s}' is not a congestion control: use cubic or newreno"
+        )),
+    }
+}
+
+fn parse_time(s: &str) -> Result<Duration, String> {
+    crate::impair::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Keep-alive idle time: a zero or sub-second value would probe a healthy peer constantly.
+fn parse_keepalive(s: &str) -> Result<Duration, String> {
+    let d = parse_time(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s}: keep-alive idle time must be at least 1s"));
+    }
+    Ok(d)
+}
+
+/// Per-connection buffer: at least a few segments, at most what window scaling can announce.
+fn parse_tcp_buffer(s: &str) -> Result<usize, String> {
+    const MIN: u64 = 4 << 10;
+    const MAX: u64 = 1 << 30;
+    let n = parse_size(s)?;
+    if !(MIN..=MAX).contains(&n) {
+        return Err(format!(
+            "{s}: a TCP buffer must be from 4K to 1G (window scaling announces at most 1 GiB)"
+        ));
+    }
+    Ok(n as usize)
 }
 
 fn parse_rules(path: &str) -> Result<RuleSet, String> {
@@ -160,6 +198,30 @@ pub struct StackOpts {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_file_size: Option<u64>,
 
+    /// TCP congestion control for new connections: cubic (RFC 9438) or newreno (RFC 6582) [default: cubic]
+    #[arg(long, value_name = "ALGO", value_parser = parse_congestion)]
+    pub congestion: Option<Congestion>,
+
+    /// How long a closed TCP connection stays in TIME-WAIT (2 x MSL) to absorb late segments, e.g. 60s or 500ms; the lab default is short [default: 2s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_time)]
+    pub time_wait: Option<Duration>,
+
+    /// Turn TCP keep-alive on: after this long without traffic, probe the peer (every 75s, 9 times) and reset the connection if it never answers, e.g. 600s (at most 3600s) [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = parse_keepalive)]
+    pub keepalive: Option<Duration>,
+
+    /// Disable Nagle's algorithm on every connection: send small writes at once instead of holding them until earlier data is acknowledged
+    #[arg(long)]
+    pub nodelay: bool,
+
+    /// Do not offer or accept selective acknowledgements (RFC 2018); recovery falls back to NewReno (RFC 6582)
+    #[arg(long)]
+    pub no_sack: bool,
+
+    /// Receive and send buffer of each TCP connection, e.g. 64K or 4M; the receive buffer bounds the advertised window, so throughput is at most BYTES per round trip [default: 256K]
+    #[arg(long, value_name = "BYTES", value_parser = parse_tcp_buffer)]
+    pub tcp_buffer: Option<usize>,
+
     /// Seed for the stack's random choices (identifiers, ISN clock offsets); random if not given
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -248,6 +310,14 @@ impl StackOpts {
             max_pending: self.max_pending,
             max_transfers: self.max_transfers,
             max_file_size: self.max_file_size,
+            tcp: crate::node::limits::TcpTuning {
+                congestion: self.congestion,
+                time_wait: self.time_wait,
+                keepalive: self.keepalive,
+                nodelay: self.nodelay,
+                no_sack: self.no_sack,
+                buffer: self.tcp_buffer,
+            },
         };
         cfg.impair_in = self.impair_in.clone().or_else(|| self.impair.clone());
         cfg.impair_out = self.impair_out.clone().or_else(|| {
@@ -313,6 +383,62 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("x").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn test_tcp_option_parsers() {
+        assert_eq!(parse_congestion("cubic"), Ok(Congestion::Cubic));
+        assert_eq!(parse_congestion("NewReno"), Ok(Congestion::NewReno));
+        assert!(parse_congestion("bbr")
+            .unwrap_err()
+            .contains("cubic or newreno"));
+        assert_eq!(parse_time("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_keepalive("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_keepalive("0").is_err());
+        assert!(parse_keepalive("100ms").is_err());
+        assert_eq!(parse_tcp_buffer("64K"), Ok(65_536));
+        assert!(parse_tcp_buffer("100").is_err());
+        assert!(parse_tcp_buffer("2G").is_err());
+    }
+
+    /// The options reach `TcpConfig` through `launch_config`, whichever subcommand parsed them.
+    #[test]
+    fn test_tcp_options_reach_the_stack_config() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            stack: StackOpts,
+        }
+        let cmd = Cmd::try_parse_from([
+            "t",
+            "--addr",
+            "198.18.0.2/24",
+            "--congestion",
+            "newreno",
+            "--time-wait",
+            "100ms",
+            "--keepalive",
+            "10s",
+            "--nodelay",
+            "--no-sack",
+            "--tcp-buffer",
+            "1M",
+        ])
+        .unwrap();
+        let mut cfg = StackConfig::new(cmd.stack.addr.addr, 24, 1500, 1);
+        cmd.stack.launch_config().limits.apply(&mut cfg);
+        assert_eq!(cfg.tcp.congestion, Congestion::NewReno);
+        assert_eq!(cfg.tcp.time_wait, Duration::from_millis(100));
+        assert_eq!(cfg.tcp.keepalive, Some(Duration::from_secs(10)));
+        assert!(cfg.tcp.nodelay && !cfg.tcp.sack);
+        assert_eq!(cfg.tcp.rx_buffer, 1 << 20);
+        assert_eq!(cfg.tcp.tx_buffer, 1 << 20);
+        let plain = Cmd::try_parse_from(["t", "--addr", "198.18.0.2/24"]).unwrap();
+        let mut cfg = StackConfig::new(plain.stack.addr.addr, 24, 1500, 1);
+        plain.stack.launch_config().limits.apply(&mut cfg);
+        assert_eq!(cfg.tcp.keepalive, None);
+        assert!(cfg.tcp.sack && !cfg.tcp.nodelay);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! so a flood costs one line a second instead of one per packet.
 
 use crate::stack::{Stack, StackConfig};
+use crate::tcp::{Congestion, TcpConfig};
 use crate::time::{Duration, Instant};
 
 /// Overrides of the cores' defaults; `None` keeps the default (see docs/reliability.md).
@@ -20,10 +21,52 @@ pub struct Limits {
     pub max_pending: Option<usize>,
     pub max_transfers: Option<usize>,
     pub max_file_size: Option<u64>,
+    /// TCP behaviour rather than a limit, carried here because every way of starting a node
+    /// applies `Limits` (see docs/tcp.md, "Settings").
+    pub tcp: TcpTuning,
+}
+
+/// TCP settings from the command line (`--congestion`, `--keepalive`, ...); `None` and `false`
+/// keep the `TcpConfig` default.
+#[derive(Clone, Debug, Default)]
+pub struct TcpTuning {
+    pub congestion: Option<Congestion>,
+    pub time_wait: Option<Duration>,
+    /// Idle time before keep-alive probes; setting it switches keep-alive on.
+    pub keepalive: Option<Duration>,
+    pub nodelay: bool,
+    pub no_sack: bool,
+    /// Receive and send buffer of each connection.
+    pub buffer: Option<usize>,
+}
+
+impl TcpTuning {
+    pub fn apply(&self, cfg: &mut TcpConfig) {
+        if let Some(c) = self.congestion {
+            cfg.congestion = c;
+        }
+        if let Some(d) = self.time_wait {
+            cfg.time_wait = d;
+        }
+        if self.keepalive.is_some() {
+            cfg.keepalive = self.keepalive;
+        }
+        if self.nodelay {
+            cfg.nodelay = true;
+        }
+        if self.no_sack {
+            cfg.sack = false;
+        }
+        if let Some(n) = self.buffer {
+            cfg.rx_buffer = n;
+            cfg.tx_buffer = n;
+        }
+    }
 }
 
 impl Limits {
     pub fn apply(&self, cfg: &mut StackConfig) {
+        self.tcp.apply(&mut cfg.tcp);
         if let Some(n) = self.max_connections {
             cfg.tcp.max_connections = n;
         }
@@ -188,5 +231,32 @@ mod tests {
         assert_eq!(cfg.file.max_file_size, 1 << 20);
         assert_eq!(cfg.ip.reassembly.max_bytes, 65_536);
         assert_eq!(cfg.file.max_transfers, 64);
+        // No TCP tuning given: the defaults stay.
+        let d = crate::tcp::TcpConfig::default();
+        assert_eq!(cfg.tcp.congestion, d.congestion);
+        assert_eq!(cfg.tcp.keepalive, None);
+        assert!(cfg.tcp.sack && !cfg.tcp.nodelay);
+    }
+
+    #[test]
+    fn test_tcp_tuning_applies() {
+        let mut cfg = StackConfig::new(std::net::Ipv4Addr::new(198, 18, 0, 2), 24, 1500, 1);
+        let l = Limits {
+            tcp: TcpTuning {
+                congestion: Some(Congestion::NewReno),
+                time_wait: Some(Duration::from_millis(500)),
+                keepalive: Some(Duration::from_secs(30)),
+                nodelay: true,
+                no_sack: true,
+                buffer: Some(65_536),
+            },
+            ..Limits::default()
+        };
+        l.apply(&mut cfg);
+        assert_eq!(cfg.tcp.congestion, Congestion::NewReno);
+        assert_eq!(cfg.tcp.time_wait, Duration::from_millis(500));
+        assert_eq!(cfg.tcp.keepalive, Some(Duration::from_secs(30)));
+        assert!(cfg.tcp.nodelay && !cfg.tcp.sack);
+        assert_eq!((cfg.tcp.rx_buffer, cfg.tcp.tx_buffer), (65_536, 65_536));
     }
 }

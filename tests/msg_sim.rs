@@ -604,3 +604,111 @@ fn test_throughput_small_messages() {
         assert_eq!(received, n);
     }
 }
+
+/// The retransmission settings a user gives (`--msg-retries`, `--msg-backoff`, `--msg-rto-min`),
+/// applied the way the node applies them: after the session is up the path goes silent, and the
+/// gaps between the transmissions of the stuck segment must grow by the backoff factor, with
+/// exactly `retries` retransmissions before the message fails.
+#[test]
+fn test_configured_retries_and_backoff_shape_the_retransmissions() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tunstack::msg::wire::{ty, Header};
+    use tunstack::node::launch::MsgTuning;
+
+    for (retries, backoff) in [(3u32, 2.0f64), (5, 1.5), (7, 1.25)] {
+        let tuning = MsgTuning {
+            max_retries: Some(retries),
+            backoff: Some(backoff),
+            min_rto: Some(Duration::from_millis(100)),
+            max_rto: Some(Duration::from_secs(60)),
+            ..MsgTuning::default()
+        };
+        tuning.check().unwrap();
+        let tuned = |c: &mut MsgConfig| tuning.apply(c);
+        let mut sim = Sim::new(5);
+        let a = sim.add_host(stack(1, 5, 1, &tuned));
+        let b = sim.add_host(stack(2, 5, 1, &tuned));
+        // Every DATA segment A sends, as (time, seq), when it enters the link.
+        let sent: Rc<RefCell<Vec<(Instant, u32)>>> = Rc::default();
+        let s = sent.clone();
+        sim.set_tap(Box::new(move |now, from, _to, pkt| {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            if from != a || pkt[9] != 170 {
+                return;
+            }
+            if let Ok((h, _)) = Header::parse(&pkt[ihl..]) {
+                if h.ty == ty::DATA {
+                    s.borrow_mut().push((now, h.seq));
+                }
+            }
+        }));
+        let now = sim.now();
+        let first = sim
+            .host::<Stack>(a)
+            .msg
+            .send_message(now, addr(2), msg("general", 0, 10))
+            .unwrap();
+        let mut log = Log::default();
+        assert!(sim.run_until(Duration::from_secs(10), |sim| {
+            log.drain(sim, &[a, b]);
+            log.outcomes(a) == 1
+        }));
+        assert_eq!(log.delivered[&a], vec![first], "the session did not start");
+        sim.set_link(a, b, ImpairSpec::parse("loss=100%").unwrap());
+        sent.borrow_mut().clear();
+        let now = sim.now();
+        let stuck = sim
+            .host::<Stack>(a)
+            .msg
+            .send_message(now, addr(2), msg("general", 1, 10))
+            .unwrap();
+        assert!(sim.run_until(Duration::from_secs(600), |sim| {
+            log.drain(sim, &[a, b]);
+            log.outcomes(a) == 2
+        }));
+        let failed_at = sim.now();
+        let failed = &log.failed[&a];
+        assert_eq!(failed.len(), 1);
+        let (id, reason) = &failed[0];
+        assert_eq!(*id, stuck);
+        let tries = retries + 1;
+        assert!(
+            reason.contains(&format!("after {tries} tries")),
+            "{retries} retries: reason {reason:?}"
+        );
+        let sent = sent.borrow();
+        assert!(
+            sent.iter().all(|&(_, seq)| seq == sent[0].1),
+            "only the stuck segment should be sent: {sent:?}"
+        );
+        assert_eq!(
+            sent.len(),
+            tries as usize,
+            "{retries} retries: transmissions at {sent:?}"
+        );
+        // The wait after each try, the last one being the wait before giving up.
+        let mut gaps: Vec<f64> = sent
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0).as_secs_f64())
+            .collect();
+        gaps.push((failed_at - sent[sent.len() - 1].0).as_secs_f64());
+        for w in gaps.windows(2) {
+            let ratio = w[1] / w[0];
+            assert!(
+                (ratio - backoff).abs() < 0.01,
+                "backoff {backoff}: gaps {gaps:?} grow by {ratio}"
+            );
+        }
+        assert!(
+            gaps[0] >= 0.1,
+            "the first wait {} is below --msg-rto-min",
+            gaps[0]
+        );
+        let shown: Vec<String> = gaps.iter().map(|g| format!("{:.0}", g * 1e3)).collect();
+        println!(
+            "retries {retries}, backoff {backoff}: waits {} ms, then: {reason}",
+            shown.join(", ")
+        );
+    }
+}

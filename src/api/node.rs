@@ -8,6 +8,7 @@
 //!
 //! let mut cfg = LaunchConfig::new("tun0", "198.18.1.2".parse().unwrap(), 24);
 //! cfg.data_dir = Some("/tmp/node-a".into());
+//! cfg.msg.max_retries = Some(8); // protocol-170 retransmission settings, see `MsgTuning`
 //! let node = TunstackNode::start(cfg).unwrap();
 //! let id = node.send_message("198.18.2.2".parse().unwrap(), "hello", "alice", "general").unwrap();
 //! node.wait_delivered(id, Duration::from_secs(10)).unwrap();
@@ -26,7 +27,7 @@ use crate::msg::{Message, MessageId, MsgError};
 use crate::node::clock::rfc3339_now;
 use crate::node::files::TransferOutcome;
 use crate::node::inbox::InboxEntry;
-use crate::node::launch::{launch, LaunchConfig, LaunchError};
+use crate::node::launch::{launch, LaunchConfig, LaunchError, MsgTuningError};
 use crate::node::messaging::SendOutcome;
 use crate::node::NodeHandle;
 use crate::time::Duration;
@@ -38,6 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub enum ApiError {
     Launch(LaunchError),
+    /// `LaunchConfig::msg` holds a value out of range.
+    Config(MsgTuningError),
     Send(MsgError),
     File(FileError),
     TransferFailed(String),
@@ -55,6 +58,7 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Launch(e) => write!(f, "{e}"),
+            ApiError::Config(e) => write!(f, "{e}"),
             ApiError::Send(e) => write!(f, "{e}"),
             ApiError::File(e) => write!(f, "{e}"),
             ApiError::TransferFailed(r) => write!(f, "file transfer failed: {r}"),
@@ -84,6 +88,7 @@ pub struct TunstackNode {
 impl TunstackNode {
     /// Opens the TUN device and starts the node's event loop on a thread.
     pub fn start(cfg: LaunchConfig) -> Result<TunstackNode, ApiError> {
+        cfg.msg.check().map_err(ApiError::Config)?;
         let prepared = launch::<ApiError>(&cfg, |_| {}, |_| Ok(()))?;
         let (handle, join) = prepared.spawn().map_err(ApiError::Io)?;
         Ok(TunstackNode {

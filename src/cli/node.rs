@@ -1,10 +1,12 @@
 //! `tunstack node`: a node on a TUN device, as a console or a quiet daemon.
 
-use super::stack_opts::{prepare, stop_on_signals, StackOpts};
+use super::stack_opts::{stop_on_signals, StackOpts};
 use super::{console, CliError};
+use crate::node::launch::{launch, MsgTuning};
 use crate::services::{ServiceSpec, Services};
 use clap::Args;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 #[command(
@@ -28,13 +30,53 @@ pub struct NodeArgs {
     /// A node to greet at start (protocol 170 HELLO); peers exchange what they know, so one is enough. Repeatable
     #[arg(long = "peer", value_name = "IP")]
     pub peers: Vec<std::net::Ipv4Addr>,
+
+    /// Protocol-170 retransmissions of a message before it fails (0..=100) [default: 5]
+    #[arg(long, value_name = "N")]
+    pub msg_retries: Option<u32>,
+
+    /// Protocol-170 backoff: each retransmission waits this many times longer (1..=10) [default: 1.5]
+    #[arg(long, value_name = "F")]
+    pub msg_backoff: Option<f64>,
+
+    /// Protocol-170 timeout before the first RTT sample, e.g. 500ms [default: 500ms]
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub msg_rto_initial: Option<Duration>,
+
+    /// Protocol-170 floor of the timeout derived from the measured RTT, e.g. 50ms [default: 50ms]
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub msg_rto_min: Option<Duration>,
+
+    /// Protocol-170 ceiling of the timeout, backoff included, e.g. 10s [default: 10s]
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub msg_rto_max: Option<Duration>,
+}
+
+fn parse_time(s: &str) -> Result<Duration, String> {
+    crate::impair::parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl NodeArgs {
+    fn msg_tuning(&self) -> Result<MsgTuning, CliError> {
+        let t = MsgTuning {
+            max_retries: self.msg_retries,
+            backoff: self.msg_backoff,
+            initial_rto: self.msg_rto_initial,
+            min_rto: self.msg_rto_min,
+            max_rto: self.msg_rto_max,
+        };
+        t.check().map_err(|e| CliError(e.to_string()))?;
+        Ok(t)
+    }
 }
 
 pub fn run(args: NodeArgs) -> Result<i32, CliError> {
     let peers = args.peers.clone();
     let serve = args.serve.clone();
-    let prepared = prepare(
-        &args.stack,
+    let mut cfg = args.stack.launch_config();
+    cfg.msg = args.msg_tuning()?;
+    let prepared = launch::<CliError>(
+        &cfg,
         |cfg| cfg.msg.peers = peers,
         |node| {
             if !serve.is_empty() {

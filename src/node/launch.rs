@@ -11,12 +11,130 @@ use crate::device::{DeviceError, PcapWriter, TunDevice};
 use crate::driver::{Driver, RstDump};
 use crate::impair::rules::RuleSet;
 use crate::impair::ImpairSpec;
+use crate::msg::MsgConfig;
 use crate::stack::{Stack, StackConfig};
 use crate::storage::disk::DiskStore;
 use std::fmt;
 use std::io::{self, BufWriter};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Protocol-170 retransmission settings a user may change (`--msg-retries`, `--msg-backoff`,
+/// `--msg-rto-*`); `None` keeps the core's default. [`MsgTuning::check`] says what is out of
+/// range; [`MsgTuning::apply`] clamps anyway, so no setting can make the core misbehave.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MsgTuning {
+    /// Retransmissions of a segment (and HELLOs to a silent peer) before the message fails.
+    pub max_retries: Option<u32>,
+    /// Each retransmission waits this many times longer than the previous one.
+    pub backoff: Option<f64>,
+    /// The retransmission timeout before the first RTT sample.
+    pub initial_rto: Option<Duration>,
+    /// Floor and ceiling of the timeout the RTT estimate gives.
+    pub min_rto: Option<Duration>,
+    pub max_rto: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MsgTuningError {
+    Retries(u32),
+    Backoff(f64),
+    Rto { what: &'static str, value: Duration },
+    MinAboveMax { min: Duration, max: Duration },
+}
+
+impl fmt::Display for MsgTuningError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MsgTuningError::Retries(n) => write!(
+                f,
+                "message retries {n} is out of range (0..={})",
+                MsgTuning::MAX_RETRIES
+            ),
+            MsgTuningError::Backoff(b) => write!(
+                f,
+                "message backoff factor {b} is out of range ({}..={})",
+                MsgTuning::MIN_BACKOFF,
+                MsgTuning::MAX_BACKOFF
+            ),
+            MsgTuningError::Rto { what, value } => write!(
+                f,
+                "message {what} timeout {value:?} is out of range ({:?}..={:?})",
+                MsgTuning::MIN_TIMEOUT,
+                MsgTuning::MAX_TIMEOUT
+            ),
+            MsgTuningError::MinAboveMax { min, max } => write!(
+                f,
+                "the minimum message timeout {min:?} is above the maximum {max:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MsgTuningError {}
+
+impl MsgTuning {
+    pub const MAX_RETRIES: u32 = 100;
+    pub const MIN_BACKOFF: f64 = 1.0;
+    /// Beyond this the wait after a few tries is hours: a typo, not a setting.
+    pub const MAX_BACKOFF: f64 = 10.0;
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+    pub fn check(&self) -> Result<(), MsgTuningError> {
+        if let Some(n) = self.max_retries.filter(|n| *n > Self::MAX_RETRIES) {
+            return Err(MsgTuningError::Retries(n));
+        }
+        if let Some(b) = self
+            .backoff
+            .filter(|b| !(Self::MIN_BACKOFF..=Self::MAX_BACKOFF).contains(b))
+        {
+            return Err(MsgTuningError::Backoff(b));
+        }
+        for (what, v) in [
+            ("initial", self.initial_rto),
+            ("minimum", self.min_rto),
+            ("maximum", self.max_rto),
+        ] {
+            if let Some(value) = v.filter(|d| !(Self::MIN_TIMEOUT..=Self::MAX_TIMEOUT).contains(d))
+            {
+                return Err(MsgTuningError::Rto { what, value });
+            }
+        }
+        let d = MsgConfig::default();
+        let (min, max) = (
+            self.min_rto.unwrap_or(d.min_rto),
+            self.max_rto.unwrap_or(d.max_rto),
+        );
+        if min > max {
+            return Err(MsgTuningError::MinAboveMax { min, max });
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, cfg: &mut MsgConfig) {
+        let t = |d: Duration| d.clamp(Self::MIN_TIMEOUT, Self::MAX_TIMEOUT);
+        if let Some(n) = self.max_retries {
+            cfg.max_retries = n.min(Self::MAX_RETRIES);
+        }
+        if let Some(b) = self.backoff {
+            // NaN fails both comparisons of `clamp`'s contract, so it is replaced first.
+            let b = if b.is_nan() { Self::MIN_BACKOFF } else { b };
+            cfg.backoff = b.clamp(Self::MIN_BACKOFF, Self::MAX_BACKOFF);
+        }
+        if let Some(d) = self.initial_rto {
+            cfg.initial_rto = t(d);
+        }
+        if let Some(d) = self.min_rto {
+            cfg.min_rto = t(d);
+        }
+        if let Some(d) = self.max_rto {
+            cfg.max_rto = t(d);
+        }
+        cfg.max_rto = cfg.max_rto.max(cfg.min_rto);
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct LaunchConfig {
@@ -40,6 +158,8 @@ pub struct LaunchConfig {
     pub limits: Limits,
     /// Write the recent packets of each reset connection as a pcap into this directory.
     pub rst_dump: Option<PathBuf>,
+    /// Protocol-170 retransmission settings.
+    pub msg: MsgTuning,
 }
 
 impl LaunchConfig {
@@ -60,6 +180,7 @@ impl LaunchConfig {
             peers: Vec::new(),
             limits: Limits::default(),
             rst_dump: None,
+            msg: MsgTuning::default(),
         }
     }
 }
@@ -176,6 +297,7 @@ pub fn launch<E: From<LaunchError>>(
     stack_cfg.tcp.reset_reports = rst_dump.is_some();
     stack_cfg.msg.node_name = cfg.name.clone();
     stack_cfg.msg.peers = cfg.peers.clone();
+    cfg.msg.apply(&mut stack_cfg.msg);
     // RFC 6528: the ISN secret must be unpredictable to off-path attackers, so it comes from the
     // OS, never from the (possibly user-chosen) seed.
     let (a, b) = (os_random_u64(), os_random_u64());
@@ -249,4 +371,68 @@ fn bind_control(path: &Path) -> Result<mio::net::UnixListener, LaunchError> {
         let _ = std::fs::remove_file(path);
     }
     mio::net::UnixListener::bind(path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_msg_tuning_applies_only_what_is_set() {
+        let mut cfg = MsgConfig::default();
+        let t = MsgTuning {
+            max_retries: Some(3),
+            backoff: Some(2.0),
+            min_rto: Some(Duration::from_millis(20)),
+            ..MsgTuning::default()
+        };
+        assert_eq!(t.check(), Ok(()));
+        t.apply(&mut cfg);
+        assert_eq!(cfg.max_retries, 3);
+        assert_eq!(cfg.backoff, 2.0);
+        assert_eq!(cfg.min_rto, Duration::from_millis(20));
+        let d = MsgConfig::default();
+        assert_eq!((cfg.initial_rto, cfg.max_rto), (d.initial_rto, d.max_rto));
+    }
+
+    #[test]
+    fn test_msg_tuning_refuses_and_clamps_nonsense() {
+        let bad = [
+            MsgTuning {
+                max_retries: Some(1000),
+                ..MsgTuning::default()
+            },
+            MsgTuning {
+                backoff: Some(0.5),
+                ..MsgTuning::default()
+            },
+            MsgTuning {
+                backoff: Some(f64::NAN),
+                ..MsgTuning::default()
+            },
+            MsgTuning {
+                initial_rto: Some(Duration::ZERO),
+                ..MsgTuning::default()
+            },
+            MsgTuning {
+                min_rto: Some(Duration::from_secs(20)),
+                ..MsgTuning::default()
+            },
+        ];
+        for t in bad {
+            assert!(t.check().is_err(), "{t:?} was accepted");
+            let mut cfg = MsgConfig::default();
+            t.apply(&mut cfg);
+            assert!(cfg.max_retries <= MsgTuning::MAX_RETRIES);
+            assert!((MsgTuning::MIN_BACKOFF..=MsgTuning::MAX_BACKOFF).contains(&cfg.backoff));
+            assert!(cfg.initial_rto >= MsgTuning::MIN_TIMEOUT && cfg.min_rto <= cfg.max_rto);
+        }
+        let e = MsgTuning {
+            min_rto: Some(Duration::from_secs(20)),
+            ..MsgTuning::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.to_string().contains("above the maximum"), "{e}");
+    }
 }

@@ -244,7 +244,8 @@ impl Conn {
             recover: iss,
             rexmit_next: iss,
             force_rexmit: false,
-            sacked: Vec::with_capacity(MAX_SACKED),
+            // Grows on the first SACK block: idle connections keep no scoreboard.
+            sacked: Vec::new(),
             nodelay: cfg.nodelay,
             retransmits: 0,
             bytes_sent: 0,
@@ -440,6 +441,9 @@ impl Conn {
     pub fn app_recv(&mut self, buf: &mut [u8]) -> usize {
         let before = self.rx.free();
         let n = self.rx.pop(buf);
+        if self.asm.is_empty() {
+            self.rx.release_if_empty();
+        }
         if n > 0 && self.is_synchronized() {
             // RFC 9293 section 3.8.6.2.2: announce the reopened window once it grew enough to
             // matter, not byte by byte (receiver-side silly window avoidance).
@@ -808,6 +812,7 @@ impl Conn {
             self.backoff = 0;
             let data = ack.since(self.tx_seq).min(self.tx.len());
             self.tx.consume(data);
+            self.tx.release_if_empty();
             self.tx_seq += data;
             if data > 0 {
                 self.notify = true;

@@ -2,8 +2,9 @@
 //! changes, timeouts, recoveries, every retransmission with its reason, resets and why), and the
 //! reset reports the node drains to dump the packets that led to a reset.
 //!
-//! Everything here is `Copy` and the ring is allocated once per connection, on its first event:
-//! recording an event on the fast path is a store into a preallocated slot, never an allocation.
+//! Everything here is `Copy`. The ring grows by doubling up to its fixed size as events come, so
+//! a short connection with a handful of state changes keeps a handful of slots; events are rare
+//! (state changes, timeouts, recoveries), so this never allocates per data segment.
 
 use super::{TcpError, TcpState};
 use crate::time::Instant;
@@ -171,10 +172,6 @@ impl EventLog {
             kind,
         };
         self.total += 1;
-        if self.buf.capacity() == 0 {
-            // The one allocation of the connection's lifetime for its timeline.
-            self.buf.reserve_exact(EVENTS_PER_CONN);
-        }
         if self.buf.len() < EVENTS_PER_CONN {
             self.buf.push(e);
         } else {
@@ -253,11 +250,21 @@ mod tests {
     }
 
     #[test]
-    fn test_event_log_allocates_once() {
+    fn test_event_log_grows_to_its_bound_then_stops_allocating() {
         let mut log = EventLog::default();
-        log.push(Instant::ZERO, EventKind::RstReceived);
+        for _ in 0..3 {
+            log.push(Instant::ZERO, EventKind::RstReceived);
+        }
+        assert!(
+            log.buf.capacity() < EVENTS_PER_CONN,
+            "a short timeline stays small"
+        );
+        for i in 0..EVENTS_PER_CONN as u64 {
+            log.push(Instant::from_micros(i), EventKind::RstReceived);
+        }
         let cap = log.buf.capacity();
         let ptr = log.buf.as_ptr();
+        assert_eq!(cap, EVENTS_PER_CONN);
         for i in 0..1000 {
             log.push(Instant::from_micros(i), EventKind::RstReceived);
         }

@@ -75,7 +75,9 @@ pub struct TcpConfig {
     pub timestamps: bool,
     /// RFC 5961 section 7: challenge ACKs per second, across all connections.
     pub challenge_ack_limit: u32,
-    /// Bytes of send and receive buffers all connections together may hold.
+    /// Bytes of send and receive buffers all connections together may reserve. A connection
+    /// reserves `rx_buffer + tx_buffer` for its lifetime but holds memory only while data is
+    /// queued (see `ring::Ring`), so this bounds the worst case, not the usual footprint.
     pub max_buffer_total: usize,
     pub ephemeral_ports: (u16, u16),
     /// Queue a `ResetReport` for every reset sent or received (`poll_reset`), for a node that
@@ -113,7 +115,8 @@ impl Default for TcpConfig {
             sack: true,
             timestamps: true,
             challenge_ack_limit: 1000,
-            max_buffer_total: 4 << 30,
+            // Room for `max_connections` connections at the default buffer sizes.
+            max_buffer_total: 8 << 30,
             ephemeral_ports: (49152, 65535),
             reset_reports: false,
             fixed_isn: None,

@@ -174,7 +174,7 @@ pub struct StackOpts {
     #[arg(long, value_name = "N")]
     pub syn_backlog: Option<usize>,
 
-    /// Bytes of TCP send and receive buffers all connections together may reserve [default: 4G]
+    /// Bytes of TCP send and receive buffers all connections together may reserve (each connection reserves its full buffer sizes; memory is used only while data is queued) [default: 8G]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub tcp_buffer_total: Option<u64>,
 

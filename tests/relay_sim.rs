@@ -1,6 +1,8 @@
 //! The relay mesh without sockets or root: server and client state machines wired through an
 //! in-memory network of byte-stream connections with per-link delay and a virtual clock that
-//! jumps to the next arrival or deadline. Killing a server drops all its connections.
+//! jumps to the next arrival or deadline. Killing a server drops all its connections; a
+//! blackhole instead cuts a group of nodes off silently (nothing crosses, no close is seen,
+//! connects across time out), like a host that lost power or a partition.
 
 use std::collections::{BTreeMap, HashMap};
 use tunstack::rand::Rng;
@@ -50,7 +52,12 @@ struct Net {
     /// What every client has shown its user: (client, from, body).
     received: Vec<(usize, String, String)>,
     events: Vec<(usize, Event)>,
+    /// Nodes on the far side of a partition: links between the two sides carry nothing.
+    cut: Vec<bool>,
 }
+
+/// How long a connect into a blackhole takes to fail (the runner's connect timeout).
+const CONNECT_TIMEOUT_MS: u64 = 3000;
 
 impl Net {
     fn new() -> Net {
@@ -66,12 +73,14 @@ impl Net {
             delays: HashMap::new(),
             received: Vec::new(),
             events: Vec::new(),
+            cut: Vec::new(),
         }
     }
 
     fn add(&mut self, n: Node) -> usize {
         self.nodes.push(n);
         self.alive.push(true);
+        self.cut.push(false);
         self.next_inbound.push(1);
         self.nodes.len() - 1
     }
@@ -134,6 +143,9 @@ impl Net {
             match o {
                 Output::Send(c, b) => {
                     if let Some(&(j, pc)) = self.links.get(&(i, c)) {
+                        if self.cut[i] != self.cut[j] {
+                            continue;
+                        }
                         let t = self.now + self.delay(i, j);
                         self.at(t, j, Ev::Bytes(pc, b));
                     }
@@ -141,11 +153,18 @@ impl Net {
                 Output::Close(c) => {
                     if let Some((j, pc)) = self.links.remove(&(i, c)) {
                         self.links.remove(&(j, pc));
-                        let t = self.now + self.delay(i, j);
-                        self.at(t, j, Ev::Closed(pc));
+                        // Across a cut the far end never hears: its end stays open, silent.
+                        if self.cut[i] == self.cut[j] {
+                            let t = self.now + self.delay(i, j);
+                            self.at(t, j, Ev::Closed(pc));
+                        }
                     }
                 }
                 Output::Connect(c, addr) => match self.addrs.get(&addr).copied() {
+                    Some(j) if self.alive[j] && self.cut[i] != self.cut[j] => {
+                        let t = self.now + Duration::from_millis(CONNECT_TIMEOUT_MS);
+                        self.at(t, i, Ev::ConnectFailed(c));
+                    }
                     Some(j) if self.alive[j] => {
                         let pc = ConnId(self.next_inbound[j]);
                         self.next_inbound[j] += 1;
@@ -192,6 +211,25 @@ impl Net {
             self.at(t, b.0, Ev::Closed(b.1));
         }
         self.queue.retain(|_, (n, _)| *n != i);
+    }
+
+    /// Cuts `nodes` off from the rest without closing anything: what is in flight across the
+    /// cut is lost, nothing crosses it from now on, and neither side sees a connection close.
+    fn blackhole(&mut self, nodes: &[usize]) {
+        for &n in nodes {
+            self.cut[n] = true;
+        }
+        let links = &self.links;
+        let cut = &self.cut;
+        self.queue.retain(|_, (j, ev)| {
+            let conn = match ev {
+                Ev::Accepted(c) | Ev::Connected(c) | Ev::Bytes(c, _) | Ev::Closed(c) => *c,
+                Ev::ConnectFailed(_) => return true,
+            };
+            links
+                .get(&(*j, conn))
+                .is_none_or(|&(i, _)| cut[i] == cut[*j])
+        });
     }
 
     fn step(&mut self, limit: Instant) -> bool {
@@ -524,4 +562,141 @@ fn test_sim_client_picks_lowest_rtt() {
         n.server_of(c).is_some_and(|s| s != "s2:7000")
     });
     assert_eq!(net.server_of(c).as_deref(), Some("s3:7000"));
+}
+
+#[test]
+fn test_sim_users_limit_refuses_and_client_moves_on() {
+    let mut net = Net::new();
+    let mut servers = Vec::new();
+    for i in 1..=2 {
+        let mut cfg = ServerConfig::new(format!("s{i}:7000"));
+        cfg.join = vec![format!("s{}:7000", 3 - i)];
+        // s1 takes one user; a second one must be refused there.
+        cfg.max_users = if i == 1 { 1 } else { 100 };
+        servers.push(net.server(cfg));
+    }
+    // Both users are closest to s1.
+    let clients: Vec<usize> = ["ann", "bob"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let c = net.client(name, &["s1:7000"], 40 + k as u64);
+            net.set_delay(c, servers[0], 1);
+            net.set_delay(c, servers[1], 20);
+            c
+        })
+        .collect();
+    net.run_until(10_000, "ann registered", |n| {
+        n.server_of(clients[0]).is_some()
+    });
+    assert_eq!(net.server_of(clients[0]).as_deref(), Some("s1:7000"));
+    net.run_until(10_000, "bob registered", |n| {
+        n.server_of(clients[1]).is_some()
+    });
+    assert_eq!(
+        net.server_of(clients[1]).as_deref(),
+        Some("s2:7000"),
+        "s1 is full: bob goes to his next best server"
+    );
+    let refusal = net.events.iter().find_map(|(c, e)| match e {
+        Event::Refused { server, reason } if *c == clients[1] => Some((server.clone(), reason)),
+        _ => None,
+    });
+    let (server, reason) = refusal.expect("bob was told why s1 refused him");
+    assert_eq!(server, "s1:7000");
+    assert!(reason.contains("limit of 1 users"), "reason: {reason}");
+    let c = net.s(servers[0]).counters().clone();
+    assert!(c.users_limit >= 1 && c.registrations_refused >= c.users_limit);
+    assert_eq!(net.s(servers[0]).local_users(), 1);
+    let st = net.s(servers[0]).status_json(Instant::ZERO);
+    assert_eq!(st["max_users"], 1);
+    assert_eq!(st["users_here"], 1);
+    assert_eq!(st["counters"]["users_limit"], c.users_limit);
+    // The refused user still gets through the mesh, both ways.
+    net.run_until(5000, "directory", |n| {
+        n.directory_converged(&servers, &["ann", "bob"])
+    });
+    all_to_all(&mut net, &clients, &["ann", "bob"], "full");
+}
+
+#[test]
+fn test_sim_silent_server_dropped_after_dead_after() {
+    let mut net = Net::new();
+    let servers = ring(&mut net, 3, true);
+    let names = ["ann", "bob", "cy", "dee"];
+    // cy runs on s3's host and vanishes with it; dee uses s3 from elsewhere.
+    let clients = place(
+        &mut net,
+        &servers,
+        &[("ann", 0), ("bob", 1), ("cy", 2), ("dee", 2)],
+    );
+    net.run_until(10_000, "registration", |n| n.all_registered(&clients));
+    assert_eq!(net.server_of(clients[2]).as_deref(), Some("s3:7000"));
+    assert_eq!(net.server_of(clients[3]).as_deref(), Some("s3:7000"));
+    net.run_until(5000, "directory", |n| {
+        n.directory_converged(&servers, &names)
+    });
+    let cfg = ServerConfig::new("x");
+    let (dead_after, tick) = (cfg.dead_after, cfg.gossip_interval);
+    let live = [servers[0], servers[1]];
+    let t0 = net.now;
+    // s3's host goes dark: no FIN, no RST, nothing; only silence tells.
+    net.blackhole(&[servers[2], clients[2]]);
+    // It was last heard at most one gossip interval before the cut, so until dead_after minus
+    // that has passed, the others must still list it (silence alone, not a close).
+    let early = (dead_after - tick).as_millis() as u64 - 100;
+    net.run_for(early);
+    for &s in &live {
+        assert!(
+            net.s(s).servers().contains(&"s3:7000".to_string()),
+            "s{} dropped s3 before dead_after",
+            s + 1
+        );
+    }
+    net.run_until(
+        (tick * 2).as_millis() as u64 + 200,
+        "s3 dropped everywhere",
+        |n| {
+            live.iter()
+                .all(|&s| !n.s(s).servers().contains(&"s3:7000".to_string()))
+        },
+    );
+    let took = net.now.saturating_since(t0);
+    assert!(
+        took >= dead_after - tick && took <= dead_after + tick * 2,
+        "dropped after {took:?}"
+    );
+    for &s in &live {
+        assert_eq!(net.s(s).servers().len(), 1, "only the other survivor");
+        assert!(net.s(s).counters().servers_dropped >= 1);
+        let cy = net.s(s).directory()["cy"].clone();
+        assert_eq!(cy.home, "s3:7000");
+        assert!(!cy.online, "cy went dark with s3: offline at s{}", s + 1);
+    }
+    // Its user outside the cut failed over; the one inside is answered as offline.
+    net.run_until(10_000, "dee failed over", |n| {
+        n.server_of(clients[3])
+            .is_some_and(|s| s == "s1:7000" || s == "s2:7000")
+    });
+    net.run_until(5000, "directory after the cut", |n| {
+        n.directory_converged(&live, &["ann", "bob", "dee"])
+    });
+    let u = net.send(clients[0], "cy", "are you there?");
+    net.run_until(3000, "offline answer", |n| {
+        n.events.iter().any(|(c, e)| {
+            *c == clients[0]
+                && *e
+                    == Event::UserOffline {
+                        uuid: u,
+                        to: "cy".into(),
+                    }
+        })
+    });
+    let reachable = [clients[0], clients[1], clients[3]];
+    all_to_all(&mut net, &reachable, &["ann", "bob", "dee"], "dark");
+    // The survivors keep redialing s3 (it is in s1's --join) without bringing it back.
+    net.run_for(10_000);
+    for &s in &live {
+        assert!(!net.s(s).servers().contains(&"s3:7000".to_string()));
+    }
 }

@@ -43,6 +43,13 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+fn parse_max_users(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}': give a number of users, at least 1")),
+    }
+}
+
 fn parse_user(s: &str) -> Result<String, String> {
     if crate::relay::wire::valid_name(s) {
         Ok(s.to_string())
@@ -61,7 +68,7 @@ tunstack relay serve --kernel --listen 127.0.0.1 --port 7001 --join 127.0.0.1:70
 tunstack relay serve --kernel --listen 127.0.0.1 --port 7002 --join 127.0.0.1:7003\n  \
 tunstack relay serve --kernel --listen 127.0.0.1 --port 7003 --join 127.0.0.1:7001\n  \
 tunstack ctl --control /run/tunstack/relay-7001.sock relay\n\n  \
-# on a node of our stack (star lab), once our TCP is merged\n  \
+# on a node of our own stack (star lab; our TCP carries the relay)\n  \
 ip netns exec ts-n1 tunstack relay serve --tun tun0 --addr 198.18.1.2/24 --port 7000\n  \
 ip netns exec ts-n2 tunstack relay serve --tun tun0 --addr 198.18.2.2/24 --port 7000 --join 198.18.1.2:7000")]
 pub struct ServeArgs {
@@ -89,6 +96,10 @@ pub struct ServeArgs {
         requires = "kernel"
     )]
     pub listen: IpAddr,
+
+    /// Users registered with this server at once; more are refused with the reason (the client tries its next server)
+    #[arg(long, value_name = "N", default_value_t = crate::relay::server::DEFAULT_MAX_USERS, value_parser = parse_max_users)]
+    pub max_users: usize,
 
     /// With --kernel: control socket for `tunstack ctl ... relay` [default: /run/tunstack/relay-PORT.sock]
     #[arg(long = "relay-control", value_name = "PATH", requires = "kernel")]
@@ -216,6 +227,7 @@ fn serve_on<T: Transport>(
 ) -> Result<i32, CliError> {
     let mut cfg = ServerConfig::new(advertise.clone());
     cfg.join = a.join.clone();
+    cfg.max_users = a.max_users;
     let r = run::serve(transport, a.port, Server::new(cfg)).map_err(|e| {
         CliError(format!(
             "cannot listen on port {}: {e}\n  hint: is another server on it? pick another --port",

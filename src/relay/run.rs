@@ -460,10 +460,12 @@ pub fn format_status(v: &serde_json::Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "relay {}  connections {} (clients {})  dedup entries {}",
+        "relay {}  connections {} (clients {})  users here {} (limit {})  dedup entries {}",
         v["addr"].as_str().unwrap_or("?"),
         v["connections"],
         v["clients"],
+        v["users_here"],
+        v["max_users"],
         v["dedup_entries"]
     );
     let _ = writeln!(s, "servers:");
@@ -508,9 +510,9 @@ pub fn format_status(v: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         s,
-        "answers: unknown user {}, offline {}, undeliverable answers {}; registrations {} (refused {})",
+        "answers: unknown user {}, offline {}, undeliverable answers {}; registrations {} (refused {}, at the user limit {})",
         c["unknown_user_answers"], c["offline_answers"], c["answers_undeliverable"],
-        c["registrations"], c["registrations_refused"]
+        c["registrations"], c["registrations_refused"], c["users_limit"]
     );
     let _ = writeln!(
         s,

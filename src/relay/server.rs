@@ -13,9 +13,13 @@
 //!   remembers (uuid, attempt, kind) for `dedup_ttl` (bounded by `dedup_capacity`) and drops
 //!   repeats, so cycles deliver each try once. Answers (delivered, unknown user, user offline)
 //!   travel back to the sender the same way.
+//! - Limits: at most `max_users` users registered here at once; a registration past it is
+//!   refused with the reason (the client moves on to its next best server), counted in
+//!   `users_limit` and logged at most once a second.
 
 use super::wire::{Deframer, ErrorCode, Frame, MsgKind, Routed, ServerEntry, Uuid};
 use super::{ConnId, Machine, Output};
+use crate::node::limits::RateLimitedLog;
 use crate::time::{Duration, Instant};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -38,7 +42,13 @@ pub struct ServerConfig {
     pub max_hops: u8,
     /// Bad frames tolerated on one connection before it is closed.
     pub max_errors: u32,
+    /// Users registered with this server at once; more are refused (`users_limit`).
+    pub max_users: usize,
 }
+
+/// Default of [`ServerConfig::max_users`]: far above a lab mesh, low enough that a registration
+/// flood cannot grow the directory without bound.
+pub const DEFAULT_MAX_USERS: usize = 10_000;
 
 impl ServerConfig {
     pub fn new(addr: impl Into<String>) -> ServerConfig {
@@ -53,6 +63,7 @@ impl ServerConfig {
             full_mesh: true,
             max_hops: 16,
             max_errors: 8,
+            max_users: DEFAULT_MAX_USERS,
         }
     }
 }
@@ -65,6 +76,8 @@ pub struct Counters {
     pub bad_frames: u64,
     pub registrations: u64,
     pub registrations_refused: u64,
+    /// Registrations refused because `max_users` users were registered here.
+    pub users_limit: u64,
     pub messages_in: u64,
     pub delivered_local: u64,
     pub forwarded_direct: u64,
@@ -155,6 +168,8 @@ struct Conn {
     /// Dial still in progress.
     connecting: bool,
     answered_announce: bool,
+    /// Opened, or last sent us bytes: a connection that never says who it is gets closed.
+    last_rx: Instant,
 }
 
 struct Known {
@@ -182,6 +197,8 @@ pub struct Server {
     out: VecDeque<Output>,
     next_conn: u64,
     next_tick: Option<Instant>,
+    /// `users_limit` as last logged: a registration flood costs one line a second.
+    limit_log: RateLimitedLog,
 }
 
 impl Server {
@@ -200,6 +217,7 @@ impl Server {
             out: VecDeque::new(),
             next_conn: ConnId::DIALED_BASE,
             next_tick: Some(Instant::ZERO),
+            limit_log: RateLimitedLog::new(1, Duration::from_secs(1)),
         }
     }
 
@@ -218,6 +236,29 @@ impl Server {
 
     pub fn directory(&self) -> &BTreeMap<String, DirEntry> {
         &self.users
+    }
+
+    /// Users registered with this server now.
+    pub fn local_users(&self) -> usize {
+        self.local.len()
+    }
+
+    /// "limit hit" lines logged so far.
+    pub fn limit_log_lines(&self) -> u64 {
+        self.limit_log.lines
+    }
+
+    /// Logs `users_limit` if it grew since the last report and that was a second ago or more;
+    /// otherwise the next call (a refusal or the gossip tick) reports the increase.
+    fn log_limits(&mut self, now: Instant) {
+        if let Some(d) = self.limit_log.check(now, 0, self.counters.users_limit) {
+            log::warn!(
+                "relay {}: limit hit: max-users {} (users_limit): {d} times since the last report, {} in total",
+                self.cfg.addr,
+                self.cfg.max_users,
+                self.counters.users_limit
+            );
+        }
     }
 
     /// Everything `ctl relay` shows.
@@ -254,6 +295,8 @@ impl Server {
             "users": users,
             "connections": self.conns.len(),
             "clients": clients,
+            "users_here": self.local.len(),
+            "max_users": self.cfg.max_users,
             "dedup_entries": self.dedup.len(),
             "counters": self.counters,
         })
@@ -360,6 +403,7 @@ impl Server {
                 dialed: Some(target.to_string()),
                 connecting: true,
                 answered_announce: false,
+                last_rx: now,
             },
         );
         self.out.push_back(Output::Connect(id, target.to_string()));
@@ -377,10 +421,13 @@ impl Server {
             if e.addr == self.cfg.addr || !super::wire::valid_name(&e.addr) {
                 continue;
             }
-            let heard = now - Duration::from_millis(e.age_ms as u64);
-            if now.saturating_since(heard) >= self.cfg.dead_after {
+            // Judged by the age itself: early in a run `now - age` saturates at zero and would
+            // make a long-dead server look recently heard from.
+            let age = Duration::from_millis(e.age_ms as u64);
+            if age >= self.cfg.dead_after {
                 continue;
             }
+            let heard = now - age;
             if let Some(t) = self.tombstones.get(&e.addr) {
                 if heard <= *t {
                     continue;
@@ -573,6 +620,23 @@ impl Server {
                         );
                         return;
                     }
+                }
+                // A new name here (not a session moving connections, not a rename) needs room.
+                let renaming = matches!(&role, Role::Client { user: Some(old) }
+                    if self.local.get(old) == Some(&conn));
+                if !self.local.contains_key(&name)
+                    && !renaming
+                    && self.local.len() >= self.cfg.max_users
+                {
+                    self.counters.registrations_refused += 1;
+                    self.counters.users_limit += 1;
+                    self.log_limits(now);
+                    let reason = format!(
+                        "this server has its limit of {} users registered; try another server",
+                        self.cfg.max_users
+                    );
+                    self.send(conn, &Frame::RegisterRefused { name, reason });
+                    return;
                 }
                 if let Role::Client { user: Some(old) } = &role {
                     if old != &name && self.local.get(old) == Some(&conn) {
@@ -799,7 +863,7 @@ impl Server {
 }
 
 impl Machine for Server {
-    fn handle_accepted(&mut self, _now: Instant, conn: ConnId) {
+    fn handle_accepted(&mut self, now: Instant, conn: ConnId) {
         self.conns.insert(
             conn,
             Conn {
@@ -809,6 +873,7 @@ impl Machine for Server {
                 dialed: None,
                 connecting: false,
                 answered_announce: false,
+                last_rx: now,
             },
         );
     }
@@ -820,6 +885,7 @@ impl Machine for Server {
             return;
         };
         c.connecting = false;
+        c.last_rx = now;
         let list = self.gossip_list(now);
         self.send(
             conn,
@@ -839,7 +905,10 @@ impl Machine for Server {
 
     fn handle_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         match self.conns.get_mut(&conn) {
-            Some(c) => c.deframer.push(bytes),
+            Some(c) => {
+                c.deframer.push(bytes);
+                c.last_rx = now;
+            }
             None => return,
         }
         loop {
@@ -865,6 +934,7 @@ impl Machine for Server {
             _ => return,
         }
         self.next_tick = Some(now + self.cfg.gossip_interval);
+        self.log_limits(now);
         self.dedup.expire(now);
         let dead_after = self.cfg.dead_after;
         self.tombstones
@@ -888,6 +958,26 @@ impl Machine for Server {
                 self.conns.remove(&c);
             }
             self.drop_server(now, &a);
+        }
+        // Connections that stayed silent without saying who they are: a server we dialed that
+        // went dark right after the TCP handshake would otherwise count as connected forever
+        // (and never be dialed again); an idle stranger would hold its slot.
+        let mute: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.role == Role::Unknown
+                    && !c.connecting
+                    && now.saturating_since(c.last_rx) >= dead_after
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for c in mute {
+            log::debug!(
+                "relay {}: closing {c:?}: silent, never announced or registered",
+                self.cfg.addr
+            );
+            self.close(now, c);
         }
         let list = self.gossip_list(now);
         let me = self.cfg.addr.clone();
@@ -966,6 +1056,125 @@ mod tests {
             vec![Frame::Registered { name: name.into() }]
         );
         (s, c)
+    }
+
+    fn register(s: &mut Server, now: Instant, c: ConnId, name: &str) -> Vec<Frame> {
+        let reg = Frame::Register {
+            version: 1,
+            name: name.into(),
+        };
+        s.handle_bytes(now, c, &reg.to_bytes().unwrap());
+        frames(&drain(s), c)
+    }
+
+    #[test]
+    fn test_users_limit_refuses_new_names_only() {
+        let mut cfg = ServerConfig::new("s1:1");
+        cfg.max_users = 2;
+        let mut s = Server::new(cfg);
+        let t0 = Instant::ZERO;
+        s.handle_timeout(t0);
+        for (i, n) in ["ann", "bob"].iter().enumerate() {
+            s.handle_accepted(t0, ConnId(i as u64 + 1));
+            assert_eq!(
+                register(&mut s, t0, ConnId(i as u64 + 1), n),
+                vec![Frame::Registered { name: (*n).into() }]
+            );
+        }
+        s.handle_accepted(t0, ConnId(3));
+        match &register(&mut s, t0, ConnId(3), "cy")[..] {
+            [Frame::RegisterRefused { name, reason }] => {
+                assert_eq!(name, "cy");
+                assert!(reason.contains("limit of 2 users"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(s.counters().users_limit, 1);
+        assert_eq!(s.local_users(), 2);
+        // At the limit, a user moving to a new connection and a rename still work.
+        s.handle_accepted(t0, ConnId(4));
+        assert_eq!(
+            register(&mut s, t0, ConnId(4), "ann"),
+            vec![Frame::Registered { name: "ann".into() }]
+        );
+        assert_eq!(
+            register(&mut s, t0, ConnId(2), "bo"),
+            vec![Frame::Registered { name: "bo".into() }]
+        );
+        assert_eq!(s.local_users(), 2);
+        assert_eq!(s.counters().users_limit, 1);
+        // A flood of refusals costs one log line a second.
+        for k in 0..100u64 {
+            s.handle_accepted(t0, ConnId(10 + k));
+            let _ = register(&mut s, t0, ConnId(10 + k), &format!("u{k}"));
+        }
+        assert_eq!(s.counters().users_limit, 101);
+        assert_eq!(s.limit_log_lines(), 1);
+        s.handle_timeout(Instant::from_millis(500));
+        assert_eq!(s.limit_log_lines(), 1, "not twice within a second");
+        s.handle_timeout(Instant::from_millis(1000));
+        assert_eq!(s.limit_log_lines(), 2, "the rest reported by the next tick");
+        s.handle_timeout(Instant::from_millis(2000));
+        assert_eq!(s.limit_log_lines(), 2, "nothing new, no line");
+    }
+
+    #[test]
+    fn test_dialed_server_silent_after_connect_is_redialed() {
+        let mut cfg = ServerConfig::new("s1:1");
+        cfg.join = vec!["s2:1".into()];
+        let (dead_after, redial) = (cfg.dead_after, cfg.redial_interval);
+        let mut s = Server::new(cfg);
+        let t0 = Instant::ZERO;
+        s.handle_timeout(t0);
+        let dial = match &drain(&mut s)[..] {
+            [Output::Connect(c, a)] if a == "s2:1" => *c,
+            other => panic!("expected a dial, got {other:?}"),
+        };
+        s.handle_connected(t0, dial);
+        // Our announcement goes out; s2 never answers (it went dark after the handshake).
+        assert!(matches!(
+            &frames(&drain(&mut s), dial)[..],
+            [Frame::Announce { .. }]
+        ));
+        let mut t = t0;
+        let mut closed_at = None;
+        while t < t0 + dead_after + redial * 2 {
+            t += Duration::from_millis(1000);
+            s.handle_timeout(t);
+            for o in drain(&mut s) {
+                match o {
+                    Output::Close(c) if c == dial => closed_at = Some(t),
+                    Output::Connect(c, a) if a == "s2:1" => {
+                        assert!(closed_at.is_some(), "redialed while still connected");
+                        assert_ne!(c, dial);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("never redialed s2 (closed the silent connection at {closed_at:?})");
+    }
+
+    #[test]
+    fn test_stale_gossip_early_in_a_run_is_ignored() {
+        let mut s = Server::new(ServerConfig::new("s1:1"));
+        let t = Instant::from_millis(1000);
+        s.handle_timeout(t);
+        s.handle_accepted(t, ConnId(1));
+        let a = Frame::Announce {
+            me: "s2:1".into(),
+            known: vec![ServerEntry {
+                addr: "s9:1".into(),
+                age_ms: 3_600_000,
+            }],
+        };
+        s.handle_bytes(t, ConnId(1), &a.to_bytes().unwrap());
+        assert_eq!(
+            s.servers(),
+            vec!["s2:1".to_string()],
+            "s9 was heard an hour ago"
+        );
     }
 
     #[test]

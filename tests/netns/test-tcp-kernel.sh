@@ -2,9 +2,9 @@
 # TCP: our stack against the Linux kernel's TCP, both ways.
 #
 # pair: kernel clients (nc, python, curl) to the node's services; 100 MB each way byte-exact by
-#       SHA-256 (curl download, tcp listen upload, tcp connect to a kernel server, echo both
-#       ways at once); 1,000 sequential and 200 concurrent connections; a capture checked by
-#       tshark (no bad checksums, no malformed packets).
+#       SHA-256 (curl download, tcp listen upload, tcp connect sending to a kernel server and
+#       receiving from one, echo both ways at once); 1,000 sequential and 200 concurrent
+#       connections; a capture checked by tshark (no bad checksums, no malformed packets).
 # line: nftables drops 2 % of forwarded packets in ts-a; transfers through both kernels still
 #       finish byte-exact.
 set -euo pipefail
@@ -12,7 +12,9 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_root
-require_cmd nc curl python3 tcpdump
+# tshark and nft are part of what this test checks, not optional extras: without them it
+# skips as a whole rather than passing with checks silently left out.
+require_cmd nc curl python3 tcpdump tshark nft
 require_tunstack
 
 PEER=(python3 "$(dirname "${BASH_SOURCE[0]}")/tcp_peer.py")
@@ -29,7 +31,14 @@ log "classic services over nc"
 [[ $(echo "hello tunstack" | nsx nc -N -w 5 198.18.0.2 7) == "hello tunstack" ]] || fail "echo"
 [[ $(printf 'hello\n' | nsx nc -N -w 5 198.18.0.2 9001) == "world" ]] || fail "hello/world"
 [[ $(printf 'one\ntwo\n' | nsx nc -N -w 5 198.18.0.2 9000) == $'Server received: one\nServer received: two' ]] || fail "greet"
-nsx nc -w 5 198.18.0.2 13 </dev/null | grep -Eq '^20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9:]{8} UTC' || fail "daytime"
+# RFC 867: one line, then the server closes. nc has no -N and nothing to send, so only the
+# node's FIN ends it; ending near the 5 s idle timeout would mean the node never closed.
+t0=$(date +%s%N)
+daytime=$(nsx nc -w 5 198.18.0.2 13 </dev/null)
+daytime_ms=$((($(date +%s%N) - t0) / 1000000))
+grep -Eq '^20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9:]{8} UTC' <<<"$daytime" || fail "daytime: '$daytime'"
+((daytime_ms < 2000)) || fail "daytime: nc took ${daytime_ms} ms, the node did not close the connection"
+log "daytime: one line, connection closed by the node after ${daytime_ms} ms"
 chargen=$(nsx timeout 5 nc 198.18.0.2 19 </dev/null | head -c 74) || true
 [[ $chargen == ' !"#$%&'* ]] || fail "chargen pattern: '$chargen'"
 
@@ -86,18 +95,14 @@ assert held and held[0]["rx_queue"] > 0 and held[0]["rcv_wnd"] == 0, d' ||
 log "hold: the kernel pushed $held bytes, then the window stayed shut"
 stop "$HOLD_PID"
 
-if command -v tshark >/dev/null 2>&1; then
-	log "tshark: checksums and well-formedness"
-	bad=$(tshark -r "$CAP" -o tcp.check_checksum:TRUE -Y 'tcp.checksum.status == 0 || _ws.malformed || _ws.expert.severity == error' 2>/dev/null | wc -l)
-	total=$(tshark -r "$CAP" 2>/dev/null | wc -l)
-	good=$(tshark -r "$CAP" -o tcp.check_checksum:TRUE -Y 'tcp.checksum.status == 1' 2>/dev/null | wc -l)
-	((total > 100)) || fail "capture too small: $total packets"
-	((bad == 0)) || fail "tshark found $bad bad packets out of $total"
-	((good == total)) || fail "tshark verified only $good of $total checksums"
-	log "tshark: $total packets, all checksums verified good, none malformed"
-else
-	log "tshark not installed: capture check skipped"
-fi
+log "tshark: checksums and well-formedness"
+bad=$(tshark -r "$CAP" -o tcp.check_checksum:TRUE -Y 'tcp.checksum.status == 0 || _ws.malformed || _ws.expert.severity == error' 2>/dev/null | wc -l)
+total=$(tshark -r "$CAP" 2>/dev/null | wc -l)
+good=$(tshark -r "$CAP" -o tcp.check_checksum:TRUE -Y 'tcp.checksum.status == 1' 2>/dev/null | wc -l)
+((total > 100)) || fail "capture too small: $total packets"
+((bad == 0)) || fail "tshark found $bad bad packets out of $total"
+((good == total)) || fail "tshark verified only $good of $total checksums"
+log "tshark: $total packets, all checksums verified good, none malformed"
 interrupt "$NODE_PID"
 
 log "tcp listen: the kernel uploads ${BIG} bytes to our listener"
@@ -121,6 +126,22 @@ nsx "$TUNSTACK" tcp connect 198.18.0.1 6001 --tun tun0 --addr 198.18.0.2/24 --na
 	fail "tcp connect failed: $(tail -2 "$TS_TMP/connect.err")"
 [[ $(cat "$TS_TMP/connect.out") == "$BIG $want" ]] || fail "kernel server got: $(cat "$TS_TMP/connect.out")"
 
+log "tcp connect: our client receives ${BIG} bytes from a kernel server"
+bg "$NS_A" "${PEER[@]}" send-file 198.18.0.1 6002 "$TS_TMP/up.bin" >"$TS_TMP/sendfile.out" 2>&1
+SENDER_PID=$BG_PID
+wait_for "ip netns exec '$NS_A' ss -ltnH 'sport = :6002' | grep -q 6002" 10 || fail "the kernel sender did not start"
+# Empty stdin: our FIN goes first, then the kernel sends everything and closes; the client
+# must keep reading through the half-close and exit on the kernel's FIN.
+t0=$(date +%s.%N)
+nsx "$TUNSTACK" tcp connect 198.18.0.1 6002 --tun tun0 --addr 198.18.0.2/24 --name freceive \
+	--control "$TS_TMP/receive.sock" --data-dir "$TS_TMP/rcdata" </dev/null >"$TS_TMP/receive.out" 2>"$TS_TMP/receive.err" ||
+	fail "tcp connect (receiving) failed: $(tail -2 "$TS_TMP/receive.err")"
+t1=$(date +%s.%N)
+wait "$SENDER_PID" || fail "the kernel sender failed: $(cat "$TS_TMP/sendfile.out")"
+got=$(sha256sum "$TS_TMP/receive.out" | cut -d' ' -f1)
+[[ $got == "$want" ]] || fail "received hash mismatch ($(stat -c %s "$TS_TMP/receive.out") of $BIG bytes)"
+log "kernel -> tcp connect: $(python3 -c "print(f'{$BIG*8/($t1-$t0)/1e6:.0f} Mbit/s')"), byte-exact"
+
 log "tcp connect to a closed port is refused"
 if nsx "$TUNSTACK" tcp connect 198.18.0.1 6999 --tun tun0 --addr 198.18.0.2/24 --name frefused \
 	--control "$TS_TMP/r.sock" --data-dir "$TS_TMP/rdata" </dev/null >/dev/null 2>"$TS_TMP/refused.err"; then
@@ -129,10 +150,9 @@ fi
 grep -qi "refused" "$TS_TMP/refused.err" || fail "refusal unclear: $(cat "$TS_TMP/refused.err")"
 
 # ------------------------------------------------------------------ line
-if command -v nft >/dev/null 2>&1; then
-	log "line: 2% of forwarded packets dropped by nftables in ts-a"
-	lab_up line
-	ip netns exec "$NS_A" nft -f - <<'NFT'
+log "line: 2% of forwarded packets dropped by nftables in ts-a"
+lab_up line
+ip netns exec "$NS_A" nft -f - <<'NFT'
 table inet tsloss {
 	counter dropped { }
 	chain forward {
@@ -141,21 +161,18 @@ table inet tsloss {
 	}
 }
 NFT
-	start_node "$NS_A" --tun tun0 --addr 198.18.1.2/24 --name fline --serve echo:7 --serve http:80
-	nsb() { ip netns exec "$NS_B" "$@"; }
-	LOSSY=${TCP_LOSSY_BYTES:-20000000}
-	want=$("${PEER[@]}" pattern-sha "$LOSSY")
-	got=$(nsb curl -sf --max-time 120 "http://198.18.1.2/bytes/$LOSSY" | sha256sum | cut -d' ' -f1)
-	[[ $got == "$want" ]] || fail "lossy download hash mismatch"
-	read -r sent got n < <(nsb "${PEER[@]}" echo 198.18.1.2 7 5000000)
-	[[ $sent == "$got" && $n == 5000000 ]] || fail "lossy echo: $n bytes, $sent vs $got"
-	dropped=$(ip netns exec "$NS_A" nft list counter inet tsloss dropped | sed -n 's/.*packets \([0-9]*\).*/\1/p')
-	((dropped > 50)) || fail "nftables dropped only $dropped packets"
-	retrans=$(ctl status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tcp"]["retransmits"])')
-	log "lossy path: nftables dropped $dropped packets, the node retransmitted $retrans segments, data byte-exact"
-	((retrans > 0)) || fail "no retransmissions on a lossy path?"
-else
-	log "nft not installed: lossy-path check skipped"
-fi
+start_node "$NS_A" --tun tun0 --addr 198.18.1.2/24 --name fline --serve echo:7 --serve http:80
+nsb() { ip netns exec "$NS_B" "$@"; }
+LOSSY=${TCP_LOSSY_BYTES:-20000000}
+want=$("${PEER[@]}" pattern-sha "$LOSSY")
+got=$(nsb curl -sf --max-time 120 "http://198.18.1.2/bytes/$LOSSY" | sha256sum | cut -d' ' -f1)
+[[ $got == "$want" ]] || fail "lossy download hash mismatch"
+read -r sent got n < <(nsb "${PEER[@]}" echo 198.18.1.2 7 5000000)
+[[ $sent == "$got" && $n == 5000000 ]] || fail "lossy echo: $n bytes, $sent vs $got"
+dropped=$(ip netns exec "$NS_A" nft list counter inet tsloss dropped | sed -n 's/.*packets \([0-9]*\).*/\1/p')
+((dropped > 50)) || fail "nftables dropped only $dropped packets"
+retrans=$(ctl status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tcp"]["retransmits"])')
+log "lossy path: nftables dropped $dropped packets, the node retransmitted $retrans segments, data byte-exact"
+((retrans > 0)) || fail "no retransmissions on a lossy path?"
 
 pass

@@ -2,17 +2,14 @@
 
 use super::stack_opts::default_control_path;
 use super::CliError;
+use crate::node::commands::VERBS;
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
-#[command(
-    after_help = "Commands: status [--json], ping IP [-c N] [-s SIZE] [-i SECONDS], help\n\n\
-Examples:\n  tunstack ctl --node demo status\n  tunstack ctl --control /run/tunstack/demo.sock status --json\n  \
-tunstack ctl --node demo ping 198.18.0.1 -c 3"
-)]
+#[command(after_help = after_help())]
 pub struct CtlArgs {
     /// Name of the node (its socket is /run/tunstack/NAME.sock)
     #[arg(long, value_name = "NAME", conflicts_with = "control")]
@@ -30,6 +27,26 @@ pub struct CtlArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+/// Every verb the node's console knows except `quit`, from the same table `help` prints, so the
+/// two lists cannot drift apart.
+fn after_help() -> String {
+    let mut s = String::from("Commands:\n");
+    for v in VERBS.iter().filter(|v| v.name != "quit") {
+        s.push_str(&format!("  {}\n      {}\n", v.usage, v.help));
+    }
+    s.push_str(
+        "\nExamples:\n  tunstack ctl --node demo status\n  \
+tunstack ctl --control /run/tunstack/demo.sock status --json\n  \
+tunstack ctl --node demo ping 198.18.0.1 -c 3\n  \
+tunstack ctl --node demo send 198.18.2.2 \"hello there\" -c general\n  \
+tunstack ctl --node demo file 198.18.2.2 notes.txt\n  \
+tunstack ctl --node demo messages --follow --json\n  \
+tunstack ctl --node demo peers\n  \
+tunstack ctl --node demo discover 198.18.0.0/22",
+    );
+    s
 }
 
 pub fn run(args: CtlArgs) -> Result<i32, CliError> {

@@ -6,7 +6,10 @@
 # - SIGTERM stops the node with exit code 0 and removes its control socket;
 # - errors a user meets: device busy, not root (as user nobody);
 # - `--impair` drops packets both ways and `ctl status --json` counts it;
-# - the interactive console on a real terminal: help, status, ping, quit.
+# - the interactive console on a real terminal: help, status, ping, quit;
+# - then in a `line` lab, a console talking to a second node: peers, discover, send, file,
+#   transfers, messages; and `ctl messages --follow --json` streaming a message sent after it
+#   started, until it is stopped by PID.
 set -euo pipefail
 # shellcheck source=tests/netns/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -96,5 +99,59 @@ python3 "$(dirname "${BASH_SOURCE[0]}")/console.py" "$NS_A" "$TUNSTACK" \
 	fail "console session failed"
 }
 [[ ! -e $TS_TMP/console.sock ]] || fail "console node left its socket"
+
+log "ctl --help lists every verb of the console"
+"$TUNSTACK" ctl --help >"$TS_TMP/ctlhelp"
+for verb in help status ping sockets send file transfers messages peers discover relay; do
+	grep -Eq "^  $verb( |$)" "$TS_TMP/ctlhelp" || fail "ctl --help does not list '$verb'"
+done
+
+# ------------------------------------------- the protocol verbs at a console, between two nodes
+log "a console between two nodes: peers, discover, send, file, transfers, messages"
+lab_up line
+start_node "$NS_B" --tun tun0 --addr 198.18.2.2/24 --name fpeer --data-dir "$TS_TMP/pdata"
+PEER_CTL=$NODE_CTL
+head -c 300000 /dev/urandom >"$TS_TMP/small.bin"
+head -c 30000000 /dev/urandom >"$TS_TMP/big.bin"
+# The rate limit keeps the big transfer going long enough for `transfers` to see it.
+python3 "$(dirname "${BASH_SOURCE[0]}")/console.py" --peer 198.18.2.2 --peer-ctl "$PEER_CTL" \
+	--small "$TS_TMP/small.bin" --big "$TS_TMP/big.bin" "$NS_A" "$TUNSTACK" \
+	--tun tun0 --addr 198.18.1.2/24 --name fconsole2 --control "$TS_TMP/console2.sock" \
+	--data-dir "$TS_TMP/c2data" --impair-out rate=80mbit \
+	>"$TS_TMP/console2.out" 2>&1 || {
+	cat "$TS_TMP/console2.out" >&2
+	fail "two-node console session failed"
+}
+grep '^console:' "$TS_TMP/console2.out" | sed 's/^/  /'
+"$TUNSTACK" ctl --control "$PEER_CTL" messages >"$TS_TMP/peer-inbox"
+grep -q "(fconsole2) \[lab\]: hello from the console" "$TS_TMP/peer-inbox" || fail "the peer did not get the console's message: $(cat "$TS_TMP/peer-inbox")"
+cmp -s "$TS_TMP/small.bin" "$TS_TMP/pdata/received/small.bin" || fail "the file sent from the console differs"
+
+log "ctl messages --follow --json streams a message sent after it started"
+start_node "$NS_A" --tun tun0 --addr 198.18.1.2/24 --name ffollow
+A_CTL=$NODE_CTL
+"$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: before" >/dev/null || fail "send before failed"
+"$TUNSTACK" ctl --control "$A_CTL" messages --follow --json >"$TS_TMP/follow.out" 2>"$TS_TMP/follow.err" &
+FOLLOW=$!
+TS_PIDS+=("$FOLLOW")
+# The backlog is printed first: once it is there, the follower is connected and waiting.
+wait_for "grep -q 'follow: before' '$TS_TMP/follow.out'" 10 || fail "the follower did not print the backlog"
+"$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: after" >/dev/null || fail "send after failed"
+wait_for "grep -q 'follow: after' '$TS_TMP/follow.out'" 10 || fail "the follower did not print the new message: $(cat "$TS_TMP/follow.out")"
+kill -0 "$FOLLOW" 2>/dev/null || fail "the follower exited by itself"
+stop "$FOLLOW"
+! kill -0 "$FOLLOW" 2>/dev/null || fail "the follower survived being stopped"
+python3 - "$TS_TMP/follow.out" <<'PY' || fail "follower output is not the two messages as JSON lines: $(cat "$TS_TMP/follow.out")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert [l["content"] for l in lines] == ["follow: before", "follow: after"], lines
+for l in lines:
+    assert l["from"] == "198.18.2.2" and l["sender"] == "fpeer" and not l["is_file"], l
+    assert l["timestamp"].endswith("Z") and l["channel_id"] == "general", l
+assert lines[1]["index"] == lines[0]["index"] + 1, lines
+PY
+# The node outlives its follower's disconnect.
+ctl status >/dev/null || fail "the node stopped answering after the follower went away"
+interrupt "$NODE_PID"
 
 pass

@@ -6,7 +6,8 @@
 # - the receiving node killed (SIGKILL) in the middle of a transfer and restarted: the transfer
 #   resumes, and no partial file ever appears under the final name;
 # - a file offered as `../../etc/x` lands inside received/;
-# then `star 3`: every node knows every other after one --peer each.
+# then `star 3`: nodes 2 and 3 are given only node 1 (--peer), and learn each other through
+# peer exchange in node 1's HELLOs.
 # Functions below are called through wait_for's eval, which shellcheck cannot see.
 # shellcheck disable=SC2317
 set -euo pipefail
@@ -108,25 +109,34 @@ log "resumed from $held bytes already held; byte-exact"
 interrupt "$PID_A"
 interrupt "$NODE_PID"
 
-log "star 3: one --peer each, everyone finds everyone"
+log "star 3: nodes 2 and 3 know only node 1; peer exchange introduces them to each other"
 lab_up star 3
-for i in 1 2 3; do
-	peer=$(((i % 3) + 1))
+t0=$SECONDS
+start_node "$(ns_n 1)" --tun tun0 --addr 198.18.1.2/24 --name s1 --control "$TS_TMP/s1.sock"
+for i in 2 3; do
 	start_node "$(ns_n "$i")" --tun tun0 --addr "198.18.$i.2/24" --name "s$i" --control "$TS_TMP/s$i.sock" \
-		--peer "198.18.$peer.2"
+		--peer 198.18.1.2
 done
+# knows I J: node I's table has node J alive, under J's name.
+knows() {
+	"$TUNSTACK" ctl --control "$TS_TMP/s$1.sock" peers --json |
+		python3 -c "import json,sys; sys.exit(0 if any(p['addr']=='198.18.$2.2' and p['state']=='alive' and p['name']=='s$2' for p in json.load(sys.stdin)) else 1)"
+}
 knows_all() {
 	local i j
 	for i in 1 2 3; do
 		for j in 1 2 3; do
 			[[ $i == "$j" ]] && continue
-			"$TUNSTACK" ctl --control "$TS_TMP/s$i.sock" peers --json |
-				python3 -c "import json,sys; sys.exit(0 if any(p['addr']=='198.18.$j.2' and p['state']=='alive' for p in json.load(sys.stdin)) else 1)" ||
-				return 1
+			knows "$i" "$j" || return 1
 		done
 	done
 }
-wait_for knows_all 30 || fail "not every node knows every other: $("$TUNSTACK" ctl --control "$TS_TMP/s1.sock" peers)"
-log "star 3: every node knows both others"
+wait_for knows_all 30 || fail "not every node knows every other: $("$TUNSTACK" ctl --control "$TS_TMP/s2.sock" peers)"
+# Nobody told s2 about s3 or s3 about s2: they learned each other from s1's HELLOs, and now talk
+# to each other: a message between them is delivered.
+"$TUNSTACK" ctl --control "$TS_TMP/s2.sock" send 198.18.3.2 "met through s1" >/dev/null || fail "s2 cannot reach s3"
+"$TUNSTACK" ctl --control "$TS_TMP/s3.sock" messages | grep -q "198.18.2.2 (s2) \[general\]: met through s1" ||
+	fail "s3 did not get s2's message"
+log "star 3: s2 and s3 learned each other from s1 (within $((SECONDS - t0)) s of the first start) and exchanged a message"
 
 pass

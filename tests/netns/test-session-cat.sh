@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sessions (`tunstack session`) and the encrypted netcat (`tunstack cat`) over our TCP between two
-# nodes in the `line` lab, and our side against a peer on the kernel's TCP (--kernel).
+# nodes in the `line` lab, and our side against a peer on the kernel's TCP (--kernel) in both
+# roles: our session client and server against kernel ones, our cat connector and listener
+# against kernel ones (a chat line each way and a file, byte-exact); a relay in the middle that
+# flips a bit, or replays a record, ends the transfer with an error and no file.
 set -euo pipefail
 # shellcheck source=tests/netns/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -85,6 +88,18 @@ ours "$NS_A" 198.18.1.2 sk-client session connect 198.18.2.1 7003 --mode burst <
 wait_for "[[ \$(grep -c 'message [0-9]' '$TS_TMP/sk.out') -ge 1000 ]]" 10 || fail "kernel server got $(grep -c 'message [0-9]' "$TS_TMP/sk.out") of 1000"
 stop "$SRV"
 
+log "session: a kernel client (--kernel) against our server"
+ours_bg "$NS_B" 198.18.2.2 ss-kc session serve --port 7004
+SRV=$BG_PID
+listening ss-kc
+ip netns exec "$NS_A" "$TUNSTACK" session connect --kernel 198.18.2.2 7004 --mode burst --client-id kernel-client \
+	<"$TS_TMP/lines" >"$TS_TMP/kc.out" 2>&1 || fail "kernel client vs our server: $(tail -3 "$TS_TMP/kc.out")"
+grep -Eiq "acknowledged:? *1000|1000 acknowledged" "$TS_TMP/kc.out" || fail "kernel client report: $(cat "$TS_TMP/kc.out")"
+wait_for "[[ \$(grep -c '\\[kernel-client .*message [0-9]' '$TS_TMP/ss-kc.out') -ge 1000 ]]" 10 || true
+grep -o 'message [0-9]*' "$TS_TMP/ss-kc.out" >"$TS_TMP/got"
+seq_lines 1000 | diff -q - "$TS_TMP/got" >/dev/null || fail "our server did not print the kernel client's 1000 messages in order ($(wc -l <"$TS_TMP/got") lines)"
+stop "$SRV"
+
 # --------------------------------------------------------------------- cat
 # Alice types, Bob answers, Alice says BYE! (which ends the session on both sides; Bob's input
 # stays open longer so that it is Alice's BYE! that ends it).
@@ -131,6 +146,66 @@ ours "$NS_A" 198.18.1.2 fr2 cat 198.18.2.2 9002 --key-dir "$KEYS_A" -fr "$TS_TMP
 wait "$FS2" || true
 [[ $(sha256sum "$TS_TMP/recv-a.bin" | cut -d' ' -f1) == "$want" ]] || fail "B->A file differs"
 
+# kernel_cat NS NAME ARGS...: `tunstack cat --kernel` in NS, in the background (BG_PID), output to
+# $TS_TMP/NAME.out/.err.
+kernel_cat() {
+	local ns=$1 name=$2
+	shift 2
+	bg "$ns" "$TUNSTACK" cat --kernel "$@" >"$TS_TMP/$name.out" 2>"$TS_TMP/$name.err"
+}
+# chat_lines FIRST_DELAY LINE LAST_DELAY [END]: typed input: LINE after FIRST_DELAY s, then END (if
+# given) after LAST_DELAY s more; the input ends there.
+chat_lines() {
+	sleep "$1"
+	printf '%s\n' "$2"
+	sleep "$3"
+	[[ -z ${4:-} ]] || printf '%s\n' "$4"
+}
+head -c 1500000 /dev/urandom >"$TS_TMP/small.bin"
+small=$(sha256sum "$TS_TMP/small.bin" | cut -d' ' -f1)
+
+log "cat: our connector on tun0 against a kernel listener (--kernel -l): chat both ways, then a file"
+KEYS_K=$TS_TMP/keys-k
+ip netns exec "$NS_B" bash -c "$(declare -f chat_lines); chat_lines 3 'kernel listener speaking' 6 | '$TUNSTACK' cat --kernel -l 9010 --key-dir '$KEYS_K'" \
+	>"$TS_TMP/kl.out" 2>"$TS_TMP/kl.err" &
+KL=$!
+TS_PIDS+=("$KL")
+listening kl
+chat_lines 1 'our connector speaking' 4 'BYE!' |
+	ours "$NS_A" 198.18.1.2 oc cat 198.18.2.1 9010 --key-dir "$KEYS_A" >"$TS_TMP/oc.out" 2>"$TS_TMP/oc.err" ||
+	fail "our connector vs a kernel listener failed: $(tail -3 "$TS_TMP/oc.err")"
+wait "$KL" || fail "the kernel listener failed: $(tail -3 "$TS_TMP/kl.err")"
+grep -q "our connector speaking" "$TS_TMP/kl.out" || fail "the kernel listener did not see our line: $(cat "$TS_TMP/kl.out")"
+grep -q "kernel listener speaking" "$TS_TMP/oc.out" || fail "our connector did not see the kernel's line: $(cat "$TS_TMP/oc.out")"
+kernel_cat "$NS_B" klf -l 9011 --key-dir "$KEYS_K" -fr "$TS_TMP/from-ours.bin"
+KLF=$BG_PID
+listening klf
+ours "$NS_A" 198.18.1.2 ocf cat 198.18.2.1 9011 --key-dir "$KEYS_A" -fs "$TS_TMP/small.bin" </dev/null >"$TS_TMP/ocf.out" 2>&1 ||
+	fail "sending a file to a kernel listener failed: $(tail -3 "$TS_TMP/ocf.out")"
+wait "$KLF" || fail "the kernel listener did not receive the file: $(tail -3 "$TS_TMP/klf.err")"
+[[ $(sha256sum "$TS_TMP/from-ours.bin" | cut -d' ' -f1) == "$small" ]] || fail "our TCP -> kernel TCP: the file differs"
+
+log "cat: a kernel connector (--kernel) against our listener on tun0: chat both ways, then a file"
+KEYS_KA=$TS_TMP/keys-ka
+ip netns exec "$NS_B" bash -c "$(declare -f chat_lines); chat_lines 3 'our listener speaking' 6 | '$TUNSTACK' cat -l 9012 --key-dir '$KEYS_B' --tun tun0 --addr 198.18.2.2/24 --name ol --control '$TS_TMP/ol.sock' --data-dir '$TS_TMP/ol.data'" \
+	>"$TS_TMP/ol.out" 2>"$TS_TMP/ol.err" &
+OL=$!
+TS_PIDS+=("$OL")
+listening ol
+chat_lines 1 'kernel connector speaking' 4 'BYE!' |
+	ip netns exec "$NS_A" "$TUNSTACK" cat --kernel 198.18.2.2 9012 --key-dir "$KEYS_KA" >"$TS_TMP/kc.out" 2>"$TS_TMP/kc.err" ||
+	fail "a kernel connector vs our listener failed: $(tail -3 "$TS_TMP/kc.err")"
+wait "$OL" || fail "our listener failed: $(tail -3 "$TS_TMP/ol.err")"
+grep -q "kernel connector speaking" "$TS_TMP/ol.out" || fail "our listener did not see the kernel's line: $(cat "$TS_TMP/ol.out")"
+grep -q "our listener speaking" "$TS_TMP/kc.out" || fail "the kernel connector did not see our line: $(cat "$TS_TMP/kc.out")"
+ours_bg "$NS_B" 198.18.2.2 olf cat -l 9013 --key-dir "$KEYS_B" -fr "$TS_TMP/from-kernel.bin"
+OLF=$BG_PID
+listening olf
+ip netns exec "$NS_A" "$TUNSTACK" cat --kernel 198.18.2.2 9013 --key-dir "$KEYS_KA" -fs "$TS_TMP/small.bin" </dev/null >"$TS_TMP/kcf.out" 2>&1 ||
+	fail "sending a file from the kernel to our listener failed: $(tail -3 "$TS_TMP/kcf.out")"
+wait "$OLF" || fail "our listener did not receive the file: $(tail -3 "$TS_TMP/olf.err")"
+[[ $(sha256sum "$TS_TMP/from-kernel.bin" | cut -d' ' -f1) == "$small" ]] || fail "kernel TCP -> our TCP: the file differs"
+
 log "cat: a bit flipped in transit (by a relay in the middle) aborts and writes nothing"
 head -c 2000000 /dev/urandom >"$TS_TMP/mid.bin"
 ours_bg "$NS_B" 198.18.2.2 frf cat -l 9003 --key-dir "$KEYS_B" -fr "$TS_TMP/flipped.bin"
@@ -147,6 +222,25 @@ wait "$FRF" || rc=$?
 ((rc != 0)) || fail "the receiver accepted a flipped bit"
 grep -qi "integrity\|authentic\|mac" "$TS_TMP/frf.err" "$TS_TMP/frf.out" || fail "no integrity error: $(cat "$TS_TMP/frf.err")"
 [[ ! -e $TS_TMP/flipped.bin ]] || fail "a file was left under the target name"
+
+log "cat: a record replayed in transit (by a relay in the middle) is rejected and writes nothing"
+ours_bg "$NS_B" 198.18.2.2 frr cat -l 9004 --key-dir "$KEYS_B" -fr "$TS_TMP/replayed.bin"
+FRR=$BG_PID
+listening frr
+bg "$NS_A" python3 "$HERE/flip_proxy.py" 198.18.1.1 9101 198.18.2.2 9004 replay:20 >"$TS_TMP/replay-proxy.out" 2>&1
+wait_for "ip netns exec '$NS_A' ss -ltnH 'sport = :9101' | grep -q 9101" 10 || fail "the replaying relay did not start"
+if ours "$NS_A" 198.18.1.2 fsr cat 198.18.1.1 9101 --key-dir "$KEYS_A" -fs "$TS_TMP/mid.bin" </dev/null >"$TS_TMP/fsr.out" 2>&1; then
+	log "sender finished (the receiver is the one that must notice)"
+fi
+wait_for "! kill -0 $FRR" 20 || fail "the receiver is still running after the replayed record"
+rc=0
+wait "$FRR" || rc=$?
+((rc != 0)) || fail "the receiver accepted a replayed record"
+grep -q "replayed record 19 after record 20" "$TS_TMP/replay-proxy.out" || fail "the relay did not replay: $(cat "$TS_TMP/replay-proxy.out")"
+grep -qi "replayed record rejected" "$TS_TMP/frr.err" "$TS_TMP/frr.out" || fail "no replay error: $(cat "$TS_TMP/frr.err")"
+[[ ! -e $TS_TMP/replayed.bin ]] || fail "a file was left under the target name after the replay"
+[[ ! -e $TS_TMP/.replayed.bin.tunstack-part ]] || fail "the partial file was left behind after the replay"
+log "receiver: $(grep -i 'replayed' "$TS_TMP/frr.err" | head -1)"
 
 log "cat: a changed listener key is refused"
 # Same host and port as the chat, whose key alice pinned, but a listener with a new key pair.

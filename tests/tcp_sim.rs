@@ -40,6 +40,8 @@ fn lossy(seed: u64, spec: &str, n: usize, limit_s: u64) -> f64 {
         out.elapsed,
         tcp(&mut sim, a).counters()
     );
+    // The FINs and last ACKs crossed the same lossy link: every close must still complete.
+    assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
     g
 }
 
@@ -178,6 +180,7 @@ fn test_goodput_table() {
             goodput_mbit(n, out.elapsed),
             out.elapsed
         );
+        assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
     }
 }
 
@@ -203,6 +206,7 @@ fn test_newreno_without_sack_over_loss() {
         Duration::from_secs(600),
     );
     assert!(tcp(&mut sim, a).counters().fast_retransmits > 0);
+    assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
 }
 
 #[test]
@@ -220,6 +224,7 @@ fn test_sequence_numbers_wrap_mid_transfer() {
         data(33, 500_000),
         Duration::from_secs(600),
     );
+    assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
 }
 
 #[test]
@@ -247,9 +252,12 @@ fn test_zero_window_receiver_resumes() {
     );
 }
 
+/// 5,000 seeds of random impairment, transfer sizes (empty included) and options; each run
+/// must deliver byte-exact and then release every connection, whatever the link did to the
+/// FINs. Small transfers keep the sweep to a few seconds.
 #[test]
 fn test_seed_sweep_random_impairment() {
-    for_each_seed(0..300, |seed| {
+    for_each_seed(0..5_000, |seed| {
         let mut r = Rng::new(seed);
         let spec = format!(
             "loss={}%,reorder={}%:{}ms,dup={}%,corrupt={}%,delay={}ms~{}ms",
@@ -271,15 +279,17 @@ fn test_seed_sweep_random_impairment() {
             timestamps: seed % 5 != 0,
             ..TcpConfig::default()
         };
+        let (ab, ba) = (r.below(12_000) as usize, r.below(4_000) as usize);
         let (mut sim, a, b) = pair(seed, &spec, cfg.clone(), cfg);
         transfer(
             &mut sim,
             a,
             b,
-            data(seed, 30_000),
-            data(seed + 1, 10_000),
+            data(seed, ab),
+            data(seed + 1, ba),
             Duration::from_secs(900),
         );
+        assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
     });
 }
 
@@ -587,4 +597,588 @@ fn test_closed_port_reset_is_reported_only_when_enabled() {
     assert!(tcp(&mut sim, b).poll_reset().is_none());
     // A's RST-received report is not queued: A did not ask for reports.
     assert!(tcp(&mut sim, a).poll_reset().is_none());
+}
+
+// ----- asymmetric paths -----
+
+/// Each direction impaired differently: a slow lossy data path with a fast reordering ACK path,
+/// then a clean data path whose ACKs are lost (cumulative ACKs must cover for them).
+#[test]
+fn test_asymmetric_paths() {
+    let cases = [
+        (
+            80,
+            "delay=40ms,loss=2%,rate=10mbit",
+            "delay=2ms~1ms,reorder=5%:3ms,dup=1%",
+        ),
+        (81, "delay=5ms,rate=50mbit", "delay=60ms,loss=10%"),
+    ];
+    for (seed, forward, back) in cases {
+        let (mut sim, a, b) = pair(
+            seed,
+            "delay=1ms",
+            TcpConfig::default(),
+            TcpConfig::default(),
+        );
+        sim.set_link(a, b, ImpairSpec::parse(forward).unwrap());
+        sim.set_link(b, a, ImpairSpec::parse(back).unwrap());
+        let n = 1_000_000;
+        let out = transfer(
+            &mut sim,
+            a,
+            b,
+            data(seed, n),
+            data(seed + 1, n / 5),
+            Duration::from_secs(600),
+        );
+        eprintln!(
+            "a->b {forward} / b->a {back}: {:.1} Mbit/s, a: {:?}",
+            goodput_mbit(n, out.elapsed),
+            tcp(&mut sim, a).counters()
+        );
+        assert_all_closed(&mut sim, &[a, b], Duration::from_secs(900));
+    }
+}
+
+/// The RTT estimate is the sum of both one-way delays, not twice either.
+#[test]
+fn test_asymmetric_delay_rtt_is_the_sum() {
+    let (mut sim, a, b) = pair(82, "delay=1ms", TcpConfig::default(), TcpConfig::default());
+    sim.set_link(a, b, ImpairSpec::parse("delay=70ms").unwrap());
+    sim.set_link(b, a, ImpairSpec::parse("delay=10ms").unwrap());
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    let chunk = data(82, 50_000);
+    let mut sent = 0;
+    let mut got = 0;
+    assert!(sim.run_until(Duration::from_secs(30), |sim| {
+        if sent < chunk.len() {
+            sent += tcp(sim, a).send(ca, &chunk[sent..]).unwrap_or(0);
+        }
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = tcp(sim, b).recv(cb, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got == chunk.len()
+    }));
+    sim.run_for(Duration::from_millis(500));
+    let srtt_ms = tcp(&mut sim, a).socket_info(ca).unwrap().srtt_us / 1000;
+    // 80 ms of path plus at most one delayed-ACK timeout (40 ms).
+    assert!((80..=125).contains(&srtt_ms), "srtt {srtt_ms} ms");
+}
+
+// ----- closing before the connection is established -----
+
+#[test]
+fn test_close_in_syn_sent_releases_and_stops_retrying() {
+    let (mut sim, a, b) = pair(83, "delay=5ms", TcpConfig::default(), TcpConfig::default());
+    sim.set_link(a, b, ImpairSpec::parse("loss=100%").unwrap());
+    let syns = Rc::new(RefCell::new(0u32));
+    let s2 = syns.clone();
+    sim.set_tap(Box::new(move |_, _, _, p| {
+        if p[9] == 6 && p[20 + 13] & 0x02 != 0 {
+            *s2.borrow_mut() += 1;
+        }
+    }));
+    let now = sim.now();
+    let c = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 80))
+        .unwrap();
+    sim.run_for(Duration::from_millis(1500));
+    assert_eq!(tcp(&mut sim, a).state(c), Some(TcpState::SynSent));
+    assert!(*syns.borrow() >= 2, "the SYN was retransmitted");
+    tcp(&mut sim, a).close(c);
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(tcp(&mut sim, a).connection_count(), 0);
+    assert_eq!(tcp(&mut sim, a).state(c), None);
+    let before = *syns.borrow();
+    sim.run_for(Duration::from_secs(120));
+    assert_eq!(*syns.borrow(), before, "SYNs after close");
+}
+
+/// Simultaneous open passes through SYN-RECEIVED with a handle in the application's hands;
+/// closing there must still end in an orderly FIN exchange (RFC 9293 section 3.10.4).
+#[test]
+fn test_close_in_syn_received_sends_fin_once_established() {
+    let mk = |p| TcpConfig {
+        ephemeral_ports: (p, p),
+        ..TcpConfig::default()
+    };
+    let (mut sim, a, b) = pair(84, "delay=5ms", mk(6000), mk(7000));
+    let now = sim.now();
+    let ca = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 7000))
+        .unwrap();
+    let cb = tcp(&mut sim, b)
+        .connect(now, SocketAddrV4::new(A, 6000))
+        .unwrap();
+    sim.run_for(Duration::from_millis(7));
+    assert_eq!(tcp(&mut sim, a).state(ca), Some(TcpState::SynReceived));
+    tcp(&mut sim, a).close(ca);
+    let mut buf = [0u8; 8];
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        tcp(sim, b).recv(cb, &mut buf) == Ok(0)
+    }));
+    tcp(&mut sim, b).close(cb);
+    assert_all_closed(&mut sim, &[a, b], Duration::from_secs(30));
+}
+
+/// A listener's half-open connection (SYN-ACK lost) goes away with the listener, and the
+/// client's next SYN is refused.
+#[test]
+fn test_unlisten_releases_syn_received() {
+    let (mut sim, a, b) = pair(85, "delay=5ms", TcpConfig::default(), TcpConfig::default());
+    sim.set_link(b, a, ImpairSpec::parse("loss=100%").unwrap());
+    let l = tcp(&mut sim, b).listen(80).unwrap();
+    let now = sim.now();
+    let c = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 80))
+        .unwrap();
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(tcp(&mut sim, b).connection_count(), 1);
+    assert!(tcp(&mut sim, b)
+        .sockets()
+        .iter()
+        .any(|s| s.state == TcpState::SynReceived));
+    tcp(&mut sim, b).unlisten(l);
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(tcp(&mut sim, b).connection_count(), 0);
+    sim.set_link(b, a, ImpairSpec::parse("delay=5ms").unwrap());
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        tcp(sim, a).error(c) == Some(TcpError::ConnectionRefused)
+    }));
+}
+
+// ----- keep-alive -----
+
+#[test]
+fn test_keepalive_detects_dead_peer() {
+    let ka = TcpConfig {
+        keepalive: Some(Duration::from_secs(10)),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_probes: 3,
+        ..TcpConfig::default()
+    };
+    let (mut sim, a, b) = pair(86, "delay=5ms", ka, TcpConfig::default());
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    // A live peer answers the probes: a minute of silence changes nothing.
+    let out0 = tcp(&mut sim, a).counters().segments_out;
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(tcp(&mut sim, a).state(ca), Some(TcpState::Established));
+    let probes = tcp(&mut sim, a).counters().segments_out - out0;
+    assert!((5..=7).contains(&probes), "{probes} probes in 60 s idle");
+    // The peer vanishes without a word.
+    sim.set_path(a, b, ImpairSpec::parse("loss=100%").unwrap());
+    let cut = sim.now();
+    assert!(sim.run_until(Duration::from_secs(60), |sim| {
+        tcp(sim, a).error(ca).is_some()
+    }));
+    let took = sim.now() - cut;
+    assert_eq!(tcp(&mut sim, a).error(ca), Some(TcpError::TimedOut));
+    assert_eq!(tcp(&mut sim, a).state(ca), Some(TcpState::Closed));
+    assert_eq!(tcp(&mut sim, a).counters().keepalive_timeouts, 1);
+    // Idle time plus three unanswered probes a second apart, counted from the last answer.
+    assert!(
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(13),
+        "{took:?}"
+    );
+    // Keep-alive is off by default: B never notices.
+    assert_eq!(tcp(&mut sim, b).state(cb), Some(TcpState::Established));
+    assert_eq!(tcp(&mut sim, b).counters().keepalive_timeouts, 0);
+}
+
+// ----- ICMP errors -----
+
+/// Answers every TCP segment with an ICMP destination unreachable quoting it, as a router or
+/// a firewall would.
+struct IcmpResponder {
+    code: u8,
+    out: Vec<Vec<u8>>,
+}
+
+fn icmp_unreachable(from: Ipv4Addr, code: u8, mtu: u16, offending: &[u8]) -> Vec<u8> {
+    use tunstack::wire::icmp::IcmpRepr;
+    let ihl = (offending[0] & 0xf) as usize * 4;
+    let msg = IcmpRepr::DstUnreachable {
+        code,
+        next_hop_mtu: mtu,
+        original: &offending[..(ihl + 8).min(offending.len())],
+    };
+    let to = Ipv4Addr::new(offending[12], offending[13], offending[14], offending[15]);
+    let ip = Ipv4Repr::new(from, to, 1, msg.buffer_len());
+    let mut buf = vec![0u8; 20 + msg.buffer_len()];
+    ip.emit(&mut buf);
+    msg.emit(&mut buf[20..]);
+    buf
+}
+
+impl Host for IcmpResponder {
+    fn address(&self) -> Ipv4Addr {
+        X
+    }
+    fn receive(&mut self, _now: Instant, packet: &[u8]) {
+        if packet.len() >= 28 && packet[9] == 6 {
+            self.out.push(icmp_unreachable(X, self.code, 0, packet));
+        }
+    }
+    fn poll(&mut self, _now: Instant) {}
+    fn transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop()
+    }
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
+}
+
+#[test]
+fn test_icmp_port_unreachable_refuses_connect() {
+    let mut sim = Sim::new(87);
+    let a = sim.add_host(stack(A, 87, TcpConfig::default()));
+    let x = sim.add_host(IcmpResponder {
+        code: 1,
+        out: Vec::new(),
+    });
+    let now = sim.now();
+    let c = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(X, 80))
+        .unwrap();
+    // Host unreachable is soft (RFC 1122 4.2.3.9): the connection keeps trying.
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(tcp(&mut sim, a).state(c), Some(TcpState::SynSent));
+    assert_eq!(tcp(&mut sim, a).counters().icmp_errors, 1);
+    // Port unreachable is hard: the retransmitted SYN's answer refuses the connection.
+    sim.host::<IcmpResponder>(x).code = 3;
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        tcp(sim, a).state(c) == Some(TcpState::Closed)
+    }));
+    assert_eq!(tcp(&mut sim, a).error(c), Some(TcpError::ConnectionRefused));
+    let mut ready = Vec::new();
+    tcp(&mut sim, a).take_ready(&mut ready);
+    assert!(ready.contains(&c));
+}
+
+/// Fragmentation needed (RFC 1191) for a segment in flight lowers the MSS; every later segment
+/// fits the reported MTU and the stream stays byte-exact.
+#[test]
+fn test_fragmentation_needed_lowers_mss() {
+    let mut sim = Sim::new(88);
+    let a = sim.add_host(stack(A, 88, TcpConfig::default()));
+    let b = sim.add_host(stack(B, 89, TcpConfig::default()));
+    let x = sim.add_host(Injector::default());
+    sim.set_path(a, b, ImpairSpec::parse("delay=5ms,rate=20mbit").unwrap());
+    let last_data: Rc<RefCell<Option<Vec<u8>>>> = Rc::default();
+    let lowered = Rc::new(RefCell::new(false));
+    let too_big = Rc::new(RefCell::new(0u32));
+    let (ld, lw, tb) = (last_data.clone(), lowered.clone(), too_big.clone());
+    sim.set_tap(Box::new(move |_, _, _, p| {
+        if p[9] == 6 && p[12..16] == A.octets() {
+            let hlen = (p[20 + 12] >> 4) as usize * 4;
+            if p.len() > 20 + hlen {
+                *ld.borrow_mut() = Some(p[..28].to_vec());
+                if *lw.borrow() && p.len() > 1000 {
+                    *tb.borrow_mut() += 1;
+                }
+            }
+        }
+    }));
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    assert_eq!(tcp(&mut sim, a).socket_info(ca).unwrap().mss, 1460);
+    let big = data(88, 2_000_000);
+    let mut sent = 0;
+    let mut got = Vec::with_capacity(big.len());
+    let mut injected = false;
+    let start = sim.now();
+    assert!(sim.run_until(Duration::from_secs(60), |sim| {
+        if sent < big.len() {
+            sent += tcp(sim, a).send(ca, &big[sent..]).unwrap_or(0);
+        }
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = tcp(sim, b).recv(cb, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if !injected && sim.now() - start > Duration::from_millis(50) {
+            let quote = last_data.borrow().clone().expect("data in flight");
+            let err = icmp_unreachable(X, 4, 1000, &quote);
+            sim.host::<Injector>(x).out.push(err);
+            injected = true;
+        }
+        if !*lowered.borrow() && tcp(sim, a).socket_info(ca).unwrap().mss < 1460 {
+            *lowered.borrow_mut() = true;
+        }
+        got.len() == big.len()
+    }));
+    assert!(got == big, "stream differs");
+    assert_eq!(tcp(&mut sim, a).socket_info(ca).unwrap().mss, 960);
+    assert!(*lowered.borrow());
+    assert_eq!(
+        *too_big.borrow(),
+        0,
+        "segments over 1000 bytes after the ICMP"
+    );
+}
+
+// ----- PAWS -----
+
+fn data_segment(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    ts: (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
+    let h = TcpHeader {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        seq: SeqNumber(seq),
+        ack: SeqNumber(ack),
+        flags: Flags::ACK | Flags::PSH,
+        window: 1000,
+        urgent: 0,
+        options: TcpOptions {
+            timestamps: Some(ts),
+            ..TcpOptions::default()
+        },
+    };
+    let len = h.header_len() + payload.len();
+    let ip = Ipv4Repr::new(*src.ip(), *dst.ip(), 6, len);
+    let mut buf = vec![0u8; 20 + len];
+    ip.emit(&mut buf);
+    h.emit(*src.ip(), *dst.ip(), &mut buf[20..], |p| {
+        p.copy_from_slice(payload)
+    });
+    buf
+}
+
+/// RFC 7323 section 5: a segment whose TSval is older than the last one accepted is dropped,
+/// even with the right sequence number; the same segment with a current TSval is accepted.
+#[test]
+fn test_paws_drops_old_timestamp() {
+    let mut sim = Sim::new(90);
+    let a = sim.add_host(stack(A, 90, TcpConfig::default()));
+    let b = sim.add_host(stack(B, 91, TcpConfig::default()));
+    let x = sim.add_host(Injector::default());
+    sim.set_path(a, b, ImpairSpec::parse("delay=5ms").unwrap());
+    let last: Rc<RefCell<Option<Vec<u8>>>> = Rc::default();
+    let l2 = last.clone();
+    sim.set_tap(Box::new(move |_, _, _, p| {
+        if p[9] == 6 && p[12..16] == A.octets() {
+            *l2.borrow_mut() = Some(p.to_vec());
+        }
+    }));
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    // Let the timestamp clock tick well past its start.
+    sim.run_for(Duration::from_secs(5));
+    tcp(&mut sim, a).send(ca, b"hello").unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let mut buf = [0u8; 16];
+    assert_eq!(tcp(&mut sim, b).recv(cb, &mut buf), Ok(5));
+    let p = last.borrow().clone().unwrap();
+    let (h, payload) = TcpHeader::parse(A, B, &p[20..]).unwrap();
+    assert_eq!(payload, b"hello");
+    let (tsval, tsecr) = h.options.timestamps.expect("timestamps negotiated");
+    let src = SocketAddrV4::new(A, h.src_port);
+    let dst = SocketAddrV4::new(B, h.dst_port);
+    let next = h.seq.0.wrapping_add(5);
+    let old = data_segment(
+        src,
+        dst,
+        next,
+        h.ack.0,
+        (tsval.wrapping_sub(1000), tsecr),
+        b"old",
+    );
+    sim.host::<Injector>(x).out.push(old);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(tcp(&mut sim, b).counters().paws_rejected, 1);
+    assert_eq!(
+        tcp(&mut sim, b).recv(cb, &mut buf),
+        Err(TcpError::WouldBlock)
+    );
+    // The control: only the timestamp made the difference.
+    let fresh = data_segment(src, dst, next, h.ack.0, (tsval, tsecr), b"new");
+    sim.host::<Injector>(x).out.push(fresh);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(tcp(&mut sim, b).recv(cb, &mut buf), Ok(3));
+    assert_eq!(&buf[..3], b"new");
+    assert_eq!(tcp(&mut sim, b).counters().paws_rejected, 1);
+}
+
+// ----- Nagle -----
+
+/// 100 writes of 10 bytes, 1 ms apart, over a 40 ms RTT: returns the data segments A sent.
+fn small_writes(cfg: TcpConfig, per_socket_nodelay: bool) -> u32 {
+    let (mut sim, a, b) = pair(92, "delay=20ms", cfg, TcpConfig::default());
+    let segs = Rc::new(RefCell::new(0u32));
+    let s2 = segs.clone();
+    sim.set_tap(Box::new(move |_, _, _, p| {
+        if p[9] == 6 && p[12..16] == A.octets() {
+            let hlen = (p[20 + 12] >> 4) as usize * 4;
+            if p.len() > 20 + hlen {
+                *s2.borrow_mut() += 1;
+            }
+        }
+    }));
+    let (ca, cb) = wait_established(&mut sim, a, b);
+    if per_socket_nodelay {
+        tcp(&mut sim, a).set_nodelay(ca, true);
+    }
+    let mut want = Vec::new();
+    for i in 0..100u8 {
+        let w = [i; 10];
+        assert_eq!(tcp(&mut sim, a).send(ca, &w), Ok(10));
+        want.extend_from_slice(&w);
+        sim.run_for(Duration::from_millis(1));
+    }
+    let mut got = Vec::new();
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = tcp(sim, b).recv(cb, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == want.len()
+    }));
+    assert!(got == want);
+    let n = *segs.borrow();
+    n
+}
+
+#[test]
+fn test_nagle_coalesces_small_writes_nodelay_does_not() {
+    let nagle = small_writes(TcpConfig::default(), false);
+    let nodelay = small_writes(
+        TcpConfig {
+            nodelay: true,
+            ..TcpConfig::default()
+        },
+        false,
+    );
+    let per_socket = small_writes(TcpConfig::default(), true);
+    eprintln!("data segments for 100 small writes: nagle {nagle}, nodelay {nodelay}, set_nodelay {per_socket}");
+    // One segment per ACK round trip (40 ms + delayed ACK) over the 100 ms of writes.
+    assert!(nagle <= 6, "Nagle sent {nagle} segments");
+    assert_eq!(nodelay, 100);
+    assert_eq!(per_socket, 100);
+}
+
+// ----- caps -----
+
+#[test]
+fn test_connection_cap_is_enforced_and_counted() {
+    let capped = TcpConfig {
+        max_connections: 3,
+        ..TcpConfig::default()
+    };
+    // Server side: SYNs past the cap are dropped (the client keeps retrying), and counted.
+    let (mut sim, a, b) = pair(93, "delay=5ms", TcpConfig::default(), capped.clone());
+    let l = tcp(&mut sim, b).listen(80).unwrap();
+    let now = sim.now();
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            tcp(&mut sim, a)
+                .connect(now, SocketAddrV4::new(B, 80))
+                .unwrap()
+        })
+        .collect();
+    sim.run_for(Duration::from_millis(1500));
+    let mut accepted = 0;
+    while tcp(&mut sim, b).accept(l).is_some() {
+        accepted += 1;
+    }
+    assert_eq!(accepted, 3);
+    assert_eq!(tcp(&mut sim, b).connection_count(), 3);
+    // Two SYNs, then each one's retransmission after the 1 s initial RTO.
+    assert_eq!(tcp(&mut sim, b).counters().cap_connections, 4);
+    let synsent = clients
+        .iter()
+        .filter(|&&c| tcp(&mut sim, a).state(c) == Some(TcpState::SynSent))
+        .count();
+    assert_eq!(synsent, 2);
+    // Client side: connect itself refuses.
+    let (mut sim, a, _b) = pair(94, "delay=5ms", capped, TcpConfig::default());
+    let now = sim.now();
+    for _ in 0..3 {
+        tcp(&mut sim, a)
+            .connect(now, SocketAddrV4::new(B, 80))
+            .unwrap();
+    }
+    assert_eq!(
+        tcp(&mut sim, a).connect(now, SocketAddrV4::new(B, 80)),
+        Err(TcpError::TooManyConnections)
+    );
+    assert_eq!(tcp(&mut sim, a).counters().cap_connections, 1);
+}
+
+#[test]
+fn test_buffer_total_cap_is_enforced_counted_and_released() {
+    let small = TcpConfig {
+        rx_buffer: 64 * 1024,
+        tx_buffer: 64 * 1024,
+        max_buffer_total: 2 * 128 * 1024,
+        ..TcpConfig::default()
+    };
+    let (mut sim, a, b) = pair(95, "delay=5ms", small.clone(), small);
+    let l = tcp(&mut sim, b).listen(80).unwrap();
+    let now = sim.now();
+    let c1 = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 80))
+        .unwrap();
+    let c2 = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 80))
+        .unwrap();
+    assert_eq!(
+        tcp(&mut sim, a).connect(now, SocketAddrV4::new(B, 80)),
+        Err(TcpError::NoBufferSpace)
+    );
+    assert_eq!(tcp(&mut sim, a).counters().cap_buffer_total, 1);
+    sim.run_for(Duration::from_millis(50));
+    let s1 = tcp(&mut sim, b).accept(l).unwrap();
+    let s2 = tcp(&mut sim, b).accept(l).unwrap();
+    // The budget comes back once the connections are gone (TIME-WAIT included).
+    for (h, c) in [(a, c1), (a, c2), (b, s1), (b, s2)] {
+        tcp(&mut sim, h).close(c);
+    }
+    assert_all_closed(&mut sim, &[a, b], Duration::from_secs(30));
+    let now = sim.now();
+    let c3 = tcp(&mut sim, a)
+        .connect(now, SocketAddrV4::new(B, 80))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        tcp(sim, a).state(c3) == Some(TcpState::Established)
+    }));
+    // Server side: a third SYN while two connections hold the budget is dropped and counted.
+    let unlimited = TcpConfig::default();
+    let (mut sim, a, b) = pair(
+        96,
+        "delay=5ms",
+        unlimited,
+        TcpConfig {
+            rx_buffer: 64 * 1024,
+            tx_buffer: 64 * 1024,
+            max_buffer_total: 2 * 128 * 1024,
+            ..TcpConfig::default()
+        },
+    );
+    let l = tcp(&mut sim, b).listen(80).unwrap();
+    let now = sim.now();
+    for _ in 0..3 {
+        tcp(&mut sim, a)
+            .connect(now, SocketAddrV4::new(B, 80))
+            .unwrap();
+    }
+    sim.run_for(Duration::from_millis(50));
+    let mut accepted = 0;
+    while tcp(&mut sim, b).accept(l).is_some() {
+        accepted += 1;
+    }
+    assert_eq!(accepted, 2);
+    assert_eq!(tcp(&mut sim, b).counters().cap_buffer_total, 1);
 }

@@ -132,6 +132,30 @@ impl Host for Smol {
     }
 }
 
+/// The smoltcp side of a transfer: pushes `out`, closes when all of it is queued, drains `inn`.
+fn smol_pump(s: &mut tcp::Socket<'static>, out: &mut Flow, inn: &mut Flow) {
+    while out.sent < out.data.len() && s.can_send() {
+        match s.send_slice(&out.data[out.sent..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.sent += n,
+        }
+    }
+    if out.sent == out.data.len() && !out.shut && s.may_send() {
+        s.close();
+        out.shut = true;
+    }
+    while s.can_recv() {
+        let mut buf = [0u8; 8192];
+        match s.recv_slice(&mut buf) {
+            Ok(n) => inn.received.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    if !s.may_recv() && inn.received.len() == inn.data.len() {
+        inn.eof = true;
+    }
+}
+
 /// smoltcp connects to our listener, sends `up` and reads `down`; both sides half-close.
 fn against_smoltcp(seed: u64, spec: &str, up: usize, down: usize, limit: Duration) -> Duration {
     let mut sim = Sim::new(seed);
@@ -157,27 +181,7 @@ fn against_smoltcp(seed: u64, spec: &str, up: usize, down: usize, limit: Duratio
         if let Some(h) = h {
             pump(tcp(sim, ours), h, &mut f_down, &mut f_up, false);
         }
-        let s = sim.host::<Smol>(smol).socket();
-        while f_up.sent < f_up.data.len() && s.can_send() {
-            match s.send_slice(&f_up.data[f_up.sent..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => f_up.sent += n,
-            }
-        }
-        if f_up.sent == f_up.data.len() && !f_up.shut && s.may_send() {
-            s.close();
-            f_up.shut = true;
-        }
-        while s.can_recv() {
-            let mut buf = [0u8; 8192];
-            match s.recv_slice(&mut buf) {
-                Ok(n) => f_down.received.extend_from_slice(&buf[..n]),
-                Err(_) => break,
-            }
-        }
-        if !s.may_recv() && f_down.received.len() == f_down.data.len() {
-            f_down.eof = true;
-        }
+        smol_pump(sim.host::<Smol>(smol).socket(), &mut f_up, &mut f_down);
         f_up.eof && f_down.eof
     });
     let elapsed = sim.now() - start;
@@ -233,6 +237,93 @@ fn test_smoltcp_loss_5pct_reorder() {
 fn test_smoltcp_loss_20pct() {
     against_smoltcp(
         4,
+        "loss=20%,delay=5ms",
+        50_000,
+        50_000,
+        Duration::from_secs(3600),
+    );
+}
+
+/// Our client against a smoltcp server: we send `up`, smoltcp sends `down`; both half-close.
+/// Afterwards our side must have released the connection.
+fn smoltcp_server(seed: u64, spec: &str, up: usize, down: usize, limit: Duration) -> Duration {
+    let mut sim = Sim::new(seed);
+    let ours = sim.add_host(stack(A, seed, TcpConfig::default()));
+    let smol = sim.add_host(Smol::new(seed));
+    sim.set_path(ours, smol, ImpairSpec::parse(spec).unwrap());
+    sim.host::<Smol>(smol).socket().listen(80).unwrap();
+    let now = sim.now();
+    let c = tcp(&mut sim, ours)
+        .connect(now, std::net::SocketAddrV4::new(S, 80))
+        .unwrap();
+    let mut f_up = Flow::new(data(seed, up));
+    let mut f_down = Flow::new(data(seed + 7, down));
+    let start = sim.now();
+    let done = sim.run_until(limit, |sim| {
+        pump(tcp(sim, ours), c, &mut f_up, &mut f_down, false);
+        smol_pump(sim.host::<Smol>(smol).socket(), &mut f_down, &mut f_up);
+        f_up.eof && f_down.eof
+    });
+    let elapsed = sim.now() - start;
+    assert!(
+        done,
+        "incomplete after {elapsed:?}: up {}/{} down {}/{}, ours {:?}, smoltcp {}",
+        f_up.received.len(),
+        up,
+        f_down.received.len(),
+        down,
+        tcp(&mut sim, ours).socket_info(c),
+        sim.host::<Smol>(smol).socket().state()
+    );
+    check_stream("ours->smoltcp", &f_up);
+    check_stream("smoltcp->ours", &f_down);
+    eprintln!(
+        "server {spec}: {up} bytes up, {down} down in {elapsed:?}, ours {:?}",
+        tcp(&mut sim, ours).counters()
+    );
+    tcp(&mut sim, ours).close(c);
+    assert_all_closed(&mut sim, &[ours], Duration::from_secs(900));
+    elapsed
+}
+
+#[test]
+fn test_smoltcp_server_clean() {
+    smoltcp_server(
+        11,
+        "delay=5ms",
+        5_000_000,
+        5_000_000,
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn test_smoltcp_server_loss_1pct() {
+    smoltcp_server(
+        12,
+        "loss=1%,delay=10ms,rate=50mbit",
+        500_000,
+        500_000,
+        Duration::from_secs(300),
+    );
+}
+
+/// 1 MB each way at 5 % loss with reordering, duplication and corruption.
+#[test]
+fn test_smoltcp_server_loss_5pct_one_megabyte() {
+    smoltcp_server(
+        13,
+        "loss=5%,reorder=5%:10ms,dup=1%,corrupt=0.5%,delay=10ms~2ms",
+        1_000_000,
+        1_000_000,
+        Duration::from_secs(1800),
+    );
+}
+
+#[test]
+fn test_smoltcp_server_loss_20pct() {
+    smoltcp_server(
+        14,
         "loss=20%,delay=5ms",
         50_000,
         50_000,

@@ -193,3 +193,25 @@ pub fn check_stream(name: &str, f: &Flow) {
         );
     }
 }
+
+/// Runs until none of `hosts` holds a connection in any state (TIME-WAIT expired, lost FINs
+/// and ACKs recovered, orphans released), or panics with what is left.
+#[track_caller]
+pub fn assert_all_closed(sim: &mut Sim, hosts: &[HostId], limit: Duration) {
+    let done = sim.run_until(limit, |sim| {
+        hosts.iter().all(|&h| tcp(sim, h).connection_count() == 0)
+    });
+    if !done {
+        let left: Vec<_> = hosts
+            .iter()
+            .map(|&h| {
+                let t = tcp(sim, h);
+                (t.connection_count(), t.sockets())
+            })
+            .collect();
+        panic!(
+            "connections still open {limit:?} after the transfer (seed {}): {left:?}",
+            sim.seed()
+        );
+    }
+}

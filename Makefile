@@ -87,7 +87,7 @@ bench-smoke: build
 
 # cargo-fuzz targets (fuzz/fuzz_targets, harnesses in fuzz/src/lib.rs), each run for
 # FUZZ_SECONDS; needs a nightly toolchain, prints SKIP and succeeds without one. fuzz-smoke is
-# the short run CI and `make test` do (tests/netns/test-fuzz-smoke-*.sh). The stable-Rust
+# the short run CI does: .ci/run runs `make fuzz-smoke` after `make test`. The stable-Rust
 # random-input test over the same harnesses is tests/random_input.rs, part of unit-test.
 FUZZ_SECONDS ?= 300
 FUZZ_SMOKE_SECONDS ?= 30

@@ -8,8 +8,9 @@
 //! 10.0.0.2, over a clean 1 ms link: a TCP connection to port 80 with a few writes each way and
 //! a close, a ping, messages of protocol 170 and a file of protocol 171. Every packet towards
 //! 10.0.0.1 is kept and re-encoded in each target's input format (`fuzz/src/lib.rs`); the
-//! session and record targets get byte streams from their own state machines. The output is the
-//! same on every run, so `fuzz/seeds/` changes only when a format does.
+//! session and record targets get byte streams from their own state machines, and the relay
+//! target what a small mesh (two servers, two users) sent to one of its servers. The output is
+//! the same on every run, so `fuzz/seeds/` changes only when a format does.
 
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
@@ -268,7 +269,196 @@ fn build(packets: &[Vec<u8>]) -> Seeds {
 
     session_seeds(&mut seeds);
     record_seeds(&mut seeds);
+    relay_seeds(&mut seeds);
     seeds
+}
+
+/// Bytes sent to relay server s1 on one of its connections, with when and by which node.
+struct RelayArrival {
+    at: Instant,
+    from: usize,
+    conn: tunstack::relay::ConnId,
+    bytes: Vec<u8>,
+}
+
+enum RelayNode {
+    Server(tunstack::relay::server::Server),
+    Client(tunstack::relay::client::Client),
+}
+
+impl RelayNode {
+    fn m(&mut self) -> &mut dyn tunstack::relay::Machine {
+        match self {
+            RelayNode::Server(s) => s,
+            RelayNode::Client(c) => c,
+        }
+    }
+    fn client(&mut self) -> &mut tunstack::relay::client::Client {
+        match self {
+            RelayNode::Client(c) => c,
+            RelayNode::Server(_) => unreachable!("nodes 2 and 3 are the clients"),
+        }
+    }
+}
+
+/// A two-server mesh with the users `fz` (the harness's registered user) and `bob` run back to
+/// back without delay; `fz` messages `bob` and an unknown user, `bob` messages `fz`, then `fz`
+/// leaves. Returns what s1 received.
+fn relay_capture() -> Vec<RelayArrival> {
+    use std::collections::{HashMap, VecDeque};
+    use tunstack::rand::Rng;
+    use tunstack::relay::client::{Client, ClientConfig};
+    use tunstack::relay::server::{Server, ServerConfig};
+    use tunstack::relay::{ConnId, Output};
+
+    enum Ev {
+        Accepted(ConnId),
+        Connected(ConnId),
+        Failed(ConnId),
+        Bytes(ConnId, Vec<u8>),
+        Closed(ConnId),
+    }
+    let mut s1 = ServerConfig::new(harness::RELAY_ADDR);
+    s1.join = vec!["s2:7000".into()];
+    // Without delays every RTT is alike and both users would pick s1: full after fz, it sends
+    // bob on to s2, so his messages reach s1 forwarded by s2.
+    s1.max_users = 1;
+    let client = |user: &str, seed: &str, k| {
+        RelayNode::Client(Client::new(
+            ClientConfig::new(user, vec![seed.to_string()]),
+            Rng::new(k),
+        ))
+    };
+    let mut nodes = [
+        RelayNode::Server(Server::new(s1)),
+        RelayNode::Server(Server::new(ServerConfig::new("s2:7000"))),
+        client(harness::RELAY_USER, harness::RELAY_ADDR, 1),
+        client("bob", "s2:7000", 2),
+    ];
+    let addrs: HashMap<&str, usize> = [(harness::RELAY_ADDR, 0), ("s2:7000", 1)].into();
+    let mut links: HashMap<(usize, ConnId), (usize, ConnId)> = HashMap::new();
+    let mut next_in = [1u64; 4];
+    let mut queue: VecDeque<(usize, Ev)> = VecDeque::new();
+    let mut got = Vec::new();
+    let mut now = Instant::ZERO;
+    for step in 0..400 {
+        now += Duration::from_millis(10);
+        for n in nodes.iter_mut() {
+            let m = n.m();
+            if m.poll_at().is_some_and(|t| t <= now) {
+                m.handle_timeout(now);
+            }
+        }
+        // Both users registered and the directory spread by then: talk once, then fz leaves.
+        if step == 150 {
+            let fz = nodes[2].client();
+            for (to, body) in [
+                ("bob", "hello bob"),
+                ("nobody", "anyone?"),
+                ("bob", "again"),
+            ] {
+                let _ = fz.send(now, to, body.as_bytes());
+            }
+            let _ = nodes[3].client().send(now, harness::RELAY_USER, b"hi fz");
+        }
+        if step == 300 {
+            nodes[2].client().quit();
+        }
+        loop {
+            for (i, n) in nodes.iter_mut().enumerate() {
+                while let Some(o) = n.m().poll_output() {
+                    match o {
+                        Output::Send(c, b) => {
+                            if let Some(&(j, pc)) = links.get(&(i, c)) {
+                                if j == 0 {
+                                    got.push(RelayArrival {
+                                        at: now,
+                                        from: i,
+                                        conn: pc,
+                                        bytes: b.clone(),
+                                    });
+                                }
+                                queue.push_back((j, Ev::Bytes(pc, b)));
+                            }
+                        }
+                        Output::Close(c) => {
+                            if let Some((j, pc)) = links.remove(&(i, c)) {
+                                links.remove(&(j, pc));
+                                queue.push_back((j, Ev::Closed(pc)));
+                            }
+                        }
+                        Output::Connect(c, a) => match addrs.get(a.as_str()) {
+                            Some(&j) => {
+                                let pc = ConnId(next_in[j]);
+                                next_in[j] += 1;
+                                links.insert((i, c), (j, pc));
+                                links.insert((j, pc), (i, c));
+                                queue.push_back((j, Ev::Accepted(pc)));
+                                queue.push_back((i, Ev::Connected(c)));
+                            }
+                            None => queue.push_back((i, Ev::Failed(c))),
+                        },
+                    }
+                }
+            }
+            let Some((j, ev)) = queue.pop_front() else {
+                break;
+            };
+            let m = nodes[j].m();
+            match ev {
+                Ev::Accepted(c) => m.handle_accepted(now, c),
+                Ev::Connected(c) => m.handle_connected(now, c),
+                Ev::Failed(c) => m.handle_connect_failed(now, c),
+                Ev::Closed(c) => m.handle_closed(now, c),
+                Ev::Bytes(c, b) => m.handle_bytes(now, c, &b),
+            }
+        }
+    }
+    got
+}
+
+/// relay_frame seeds: the capture replayed on the harness's three connections (the user's
+/// registered session on the registered one, its discovery and probes on the unregistered one,
+/// s2 on the peer one), each alone and all together, and once with the one-user limit.
+fn relay_seeds(seeds: &mut Seeds) {
+    use tunstack::relay::wire::{Deframer, Frame};
+    let got = relay_capture();
+    let registers = |a: &RelayArrival| {
+        let mut d = Deframer::default();
+        d.push(&a.bytes);
+        std::iter::from_fn(|| d.next_frame()).any(|f| matches!(f, Ok(Frame::Register { .. })))
+    };
+    // The connections of s1 that carried a registration.
+    let mut session = Vec::new();
+    for a in got.iter().filter(|a| registers(a)) {
+        if !session.contains(&a.conn) {
+            session.push(a.conn);
+        }
+    }
+    assert!(!session.is_empty(), "the capture has no registration");
+    let role = |a: &RelayArrival| match a.from {
+        1 => 2u8,
+        2 if session.contains(&a.conn) => 1,
+        _ => 0,
+    };
+    let encode = |mode: u8, only: Option<u8>| {
+        let mut v = vec![mode];
+        let mut last = Instant::ZERO;
+        for a in got.iter().filter(|a| only.is_none_or(|o| o == role(a))) {
+            let step = a.at.saturating_since(last).as_millis().min(127) as u8;
+            last = a.at;
+            for (k, piece) in a.bytes.chunks(255).enumerate() {
+                v.extend_from_slice(&[role(a), if k == 0 { step } else { 0 }, piece.len() as u8]);
+                v.extend_from_slice(piece);
+            }
+        }
+        v
+    };
+    seeds.insert(("relay_frame", "mesh".into()), encode(0, None));
+    seeds.insert(("relay_frame", "full".into()), encode(1, None));
+    seeds.insert(("relay_frame", "unregistered".into()), encode(0, Some(0)));
+    seeds.insert(("relay_frame", "registered".into()), encode(0, Some(1)));
+    seeds.insert(("relay_frame", "peer".into()), encode(0, Some(2)));
 }
 
 /// A client and a server session joined back to back: the bytes each sends, in order.
@@ -363,6 +553,7 @@ fn run(target: &str, data: &[u8]) {
         "file_receiver" => harness::file_receiver(data),
         "session_frame" => harness::session_frame(data),
         "cat_record" => harness::cat_record(data),
+        "relay_frame" => harness::relay_frame(data),
         _ => unreachable!("unknown target {target}"),
     }
 }

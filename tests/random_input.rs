@@ -12,7 +12,7 @@ use std::path::Path;
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 8] = [
+const TARGETS: [(&str, Harness); 9] = [
     ("ip_input", harness::ip_input),
     ("tcp_listen", harness::tcp_listen),
     ("tcp_established", harness::tcp_established),
@@ -21,6 +21,7 @@ const TARGETS: [(&str, Harness); 8] = [
     ("file_receiver", harness::file_receiver),
     ("session_frame", harness::session_frame),
     ("cat_record", harness::cat_record),
+    ("relay_frame", harness::relay_frame),
 ];
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -217,5 +218,13 @@ random_and_mutated!(
     "cat_record",
     harness::cat_record,
     2000,
+    1024
+);
+random_and_mutated!(
+    test_relay_frame_random,
+    test_relay_frame_mutated,
+    "relay_frame",
+    harness::relay_frame,
+    3000,
     1024
 );

@@ -1203,3 +1203,266 @@ pub fn cat_record(data: &[u8]) {
         panic!("forged record accepted: {rec:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Relay framing and the relay server
+
+/// The relay server every `relay_frame` input talks to, and the connections the harness opens
+/// before the fuzzed records: one left unregistered, one registered as [`RELAY_USER`], one that
+/// announced itself as the server [`RELAY_PEER`].
+pub const RELAY_ADDR: &str = "s1:7000";
+pub const RELAY_USER: &str = "fz";
+pub const RELAY_PEER: &str = "peer:7000";
+pub const RELAY_UNREGISTERED: rconn::ConnId = rconn::ConnId(1);
+pub const RELAY_REGISTERED: rconn::ConnId = rconn::ConnId(2);
+pub const RELAY_PEER_CONN: rconn::ConnId = rconn::ConnId(3);
+const RELAY_DEDUP: usize = 64;
+
+/// Names of the relay module as the harness uses them (`ServerConfig` is the session's here).
+pub mod rconn {
+    pub use tunstack::relay::server::{Server, ServerConfig};
+    pub use tunstack::relay::wire::{Deframer, Frame, HEADER_LEN, MAX_DATA_LEN};
+    pub use tunstack::relay::{ConnId, Machine, Output};
+}
+
+/// The deframer on any bytes: fed whole or in pieces it yields the same frames (it never loses
+/// sync); each frame it parses re-emits to bytes that parse the same, byte for byte unless a
+/// free text had invalid UTF-8; what it leaves buffered is less than one frame.
+pub fn check_relay_frames(buf: &[u8]) {
+    use rconn::*;
+    let mut whole = Deframer::default();
+    whole.push(buf);
+    let all: Vec<_> = std::iter::from_fn(|| whole.next_frame()).collect();
+    assert!(whole.buffered() < HEADER_LEN + MAX_DATA_LEN);
+    if whole.buffered() >= HEADER_LEN {
+        let rest = &buf[buf.len() - whole.buffered()..];
+        let need = HEADER_LEN + u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        assert!(whole.buffered() < need, "a whole frame was left buffered");
+    }
+    // The same bytes in pieces of 1, 2, 3 ... bytes.
+    let mut pieces = Deframer::default();
+    let mut again = Vec::new();
+    let (mut at, mut n) = (0, 1);
+    while at < buf.len() {
+        let end = (at + n).min(buf.len());
+        pieces.push(&buf[at..end]);
+        again.extend(std::iter::from_fn(|| pieces.next_frame()));
+        at = end;
+        n = n % 7 + 1;
+    }
+    assert_eq!(all, again, "deframing depends on how the bytes were split");
+    let mut at = 0;
+    for r in &all {
+        let len = HEADER_LEN + u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize;
+        let raw = &buf[at..at + len];
+        at += len;
+        let Ok(f) = r else { continue };
+        let bytes = f.to_bytes().expect("a parsed frame fits its length field");
+        assert_eq!(
+            Frame::parse(&bytes).as_ref(),
+            Ok(f),
+            "re-emitted frame parses differently"
+        );
+        let free_text = matches!(f, Frame::Error { .. } | Frame::RegisterRefused { .. });
+        if !free_text || std::str::from_utf8(&raw[HEADER_LEN..]).is_ok() {
+            assert_eq!(bytes, raw, "frame re-emits differently: {f:?}");
+        }
+    }
+}
+
+/// What the harness knows of one connection of the server.
+#[derive(Default)]
+struct RelayConn {
+    /// The user the server said this connection is registered as.
+    user: Option<String>,
+    /// The server closed it; nothing may be sent on it afterwards.
+    closed: bool,
+    /// A peer server's connection (announced, or dialed by the server).
+    peer: bool,
+}
+
+/// Checks everything the server asked for since the last call.
+fn relay_outputs(
+    s: &mut rconn::Server,
+    conns: &mut std::collections::BTreeMap<rconn::ConnId, RelayConn>,
+    dials: &mut Vec<rconn::ConnId>,
+) {
+    use rconn::*;
+    while let Some(o) = s.poll_output() {
+        match o {
+            Output::Send(c, bytes) => {
+                let rc = conns
+                    .get_mut(&c)
+                    .unwrap_or_else(|| panic!("send on {c:?}, never opened"));
+                assert!(!rc.closed, "send on {c:?} after the server closed it");
+                let mut d = Deframer::default();
+                d.push(&bytes);
+                let mut n = 0;
+                while let Some(f) = d.next_frame() {
+                    n += 1;
+                    let f = f.unwrap_or_else(|e| panic!("the server sent a bad frame: {e}"));
+                    match &f {
+                        Frame::Registered { name } => rc.user = Some(name.clone()),
+                        Frame::Message(m) if !rc.peer => {
+                            let user = rc
+                                .user
+                                .as_deref()
+                                .unwrap_or_else(|| panic!("message to unregistered {c:?}: {m:?}"));
+                            assert_eq!(m.to, user, "message for someone else on {c:?}");
+                        }
+                        Frame::Announce { .. } | Frame::AnnounceResponse { .. } => rc.peer = true,
+                        _ => {}
+                    }
+                }
+                assert_eq!(n, 1, "one whole frame per send");
+                assert_eq!(d.buffered(), 0, "one whole frame per send");
+            }
+            Output::Close(c) => {
+                if let Some(rc) = conns.get_mut(&c) {
+                    rc.closed = true;
+                }
+                dials.retain(|d| *d != c);
+            }
+            Output::Connect(c, addr) => {
+                assert!(
+                    c.0 >= ConnId::DIALED_BASE,
+                    "dialed {c:?} in the accepted range"
+                );
+                assert!(!conns.contains_key(&c), "dialed {c:?} twice");
+                assert!(tunstack::relay::wire::valid_name(&addr), "dialed '{addr}'");
+                conns.insert(
+                    c,
+                    RelayConn {
+                        peer: true,
+                        ..RelayConn::default()
+                    },
+                );
+                dials.push(c);
+            }
+        }
+    }
+}
+
+/// Input: a mode byte (bit 0: the server takes 1 user instead of 3, so the registered
+/// connection fills it), then records `ctl (u8) | time step (u8) | length (u8) | bytes`.
+/// ctl & 3 picks the connection: 0 the unregistered one, 1 the registered one, 2 the peer;
+/// with ctl & 4 the bytes become one frame (type, subtype, then the data, the header made
+/// right), else they go in raw. ctl & 3 == 3 is an event instead, by (ctl >> 2) & 3: accept a
+/// new connection (it replaces the unregistered one), close connection `bytes[0] % 4`, complete
+/// or fail the oldest dial, or just let time pass.
+/// Invariants: the server sends only whole, valid frames, never on a connection it closed;
+/// user messages reach only the connection registered as their recipient, never one that is not
+/// registered; it never holds more users than its limit or more dedup keys than its capacity;
+/// after a timeout its next deadline is in the future.
+pub fn relay_frame(data: &[u8]) {
+    use rconn::*;
+    check_relay_frames(data);
+    let mut inp = Input::new(data);
+    let max_users = if inp.u8() & 1 != 0 { 1 } else { 3 };
+    let mut cfg = ServerConfig::new(RELAY_ADDR);
+    cfg.max_users = max_users;
+    cfg.dedup_capacity = RELAY_DEDUP;
+    let mut s = Server::new(cfg);
+    let mut now = Instant::ZERO;
+    let mut conns = std::collections::BTreeMap::new();
+    let mut dials = Vec::new();
+    s.handle_timeout(now);
+    for c in [RELAY_UNREGISTERED, RELAY_REGISTERED, RELAY_PEER_CONN] {
+        s.handle_accepted(now, c);
+        conns.insert(c, RelayConn::default());
+    }
+    let hello = |f: Frame| f.to_bytes().expect("small frame");
+    s.handle_bytes(
+        now,
+        RELAY_REGISTERED,
+        &hello(Frame::Register {
+            version: 1,
+            name: RELAY_USER.into(),
+        }),
+    );
+    s.handle_bytes(
+        now,
+        RELAY_PEER_CONN,
+        &hello(Frame::Announce {
+            me: RELAY_PEER.into(),
+            known: Vec::new(),
+        }),
+    );
+    conns.get_mut(&RELAY_PEER_CONN).expect("opened").peer = true;
+    relay_outputs(&mut s, &mut conns, &mut dials);
+    assert_eq!(
+        conns[&RELAY_REGISTERED].user.as_deref(),
+        Some(RELAY_USER),
+        "the harness's own registration failed"
+    );
+    // The three roles, by the connection each is on now.
+    let mut on = [RELAY_UNREGISTERED, RELAY_REGISTERED, RELAY_PEER_CONN];
+    let mut next_accept = 4u64;
+    while !inp.is_empty() {
+        let ctl = inp.u8();
+        now += time_step(inp.u8());
+        let n = inp.u8() as usize;
+        let bytes = inp.bytes(n);
+        match ctl & 3 {
+            3 => match (ctl >> 2) & 3 {
+                0 => {
+                    let c = ConnId(next_accept);
+                    next_accept += 1;
+                    s.handle_accepted(now, c);
+                    conns.insert(c, RelayConn::default());
+                    on[0] = c;
+                }
+                1 => {
+                    let c = on[bytes.first().copied().unwrap_or(0) as usize % 3];
+                    if conns.get(&c).is_some_and(|rc| !rc.closed) {
+                        s.handle_closed(now, c);
+                        conns.get_mut(&c).expect("known").closed = true;
+                    }
+                }
+                2 => {
+                    if !dials.is_empty() {
+                        let c = dials.remove(0);
+                        if bytes.first().is_some_and(|b| b & 1 != 0) {
+                            s.handle_connected(now, c);
+                        } else {
+                            s.handle_connect_failed(now, c);
+                            conns.get_mut(&c).expect("dialed").closed = true;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            k => {
+                let c = on[k as usize];
+                if conns[&c].closed {
+                    continue;
+                }
+                if ctl & 4 != 0 {
+                    let mut f = vec![bytes.first().copied().unwrap_or(0)];
+                    f.push(bytes.get(1).copied().unwrap_or(0));
+                    let body = bytes.get(2..).unwrap_or(&[]);
+                    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                    f.extend_from_slice(&[0, 0]);
+                    f.extend_from_slice(body);
+                    s.handle_bytes(now, c, &f);
+                } else {
+                    s.handle_bytes(now, c, bytes);
+                }
+            }
+        }
+        if s.poll_at().is_some_and(|t| t <= now) {
+            s.handle_timeout(now);
+            assert!(
+                s.poll_at().is_none_or(|t| t > now),
+                "the server wants attention again at once"
+            );
+        }
+        relay_outputs(&mut s, &mut conns, &mut dials);
+        assert!(s.local_users() <= max_users, "more users than the limit");
+        let st = s.status_json(now);
+        assert!(st["dedup_entries"].as_u64().unwrap_or(0) <= RELAY_DEDUP as u64);
+    }
+    // A clean stop says goodbye only with whole frames, on open connections.
+    s.shutdown();
+    relay_outputs(&mut s, &mut conns, &mut dials);
+}

@@ -31,7 +31,7 @@ pub struct NodeArgs {
     #[arg(long = "peer", value_name = "IP")]
     pub peers: Vec<std::net::Ipv4Addr>,
 
-    /// Protocol-170 retransmissions of a message before it fails (0..=100) [default: 5]
+    /// Protocol-170 retransmissions of a message (or greetings to a silent peer) before it fails after N+1 tries (0..=100) [default: 5]
     #[arg(long, value_name = "N")]
     pub msg_retries: Option<u32>,
 

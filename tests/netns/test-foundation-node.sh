@@ -6,6 +6,7 @@
 # - SIGTERM stops the node with exit code 0 and removes its control socket;
 # - errors a user meets: device busy, not root (as user nobody);
 # - `--impair` drops packets both ways and `ctl status --json` counts it;
+# - `--msg-retries`, `--msg-backoff`, `--msg-rto-initial` decide when a message to nobody fails;
 # - the interactive console on a real terminal: help, status, ping, quit;
 # - then in a `line` lab, a console talking to a second node: peers, discover, send, file,
 #   transfers, messages; and `ctl messages --follow --json` streaming a message sent after it
@@ -88,6 +89,30 @@ i, o = s["impair"]["in"]["counters"], s["impair"]["out"]["counters"]
 assert i["packets"] == 100 and 15 < i["dropped"] < 45, i
 assert o["dropped"] > 0 and o["delayed"] > 0, o
 ' || fail "impairment counters are off: $(ctl status --json)"
+interrupt "$NODE_PID"
+
+# ------------------------------------------------- message retry options
+log "--msg-retries/--msg-backoff/--msg-rto-initial shape how long a send to nobody takes"
+if "$TUNSTACK" node --no-console --tun tun0 --addr 198.18.0.2/24 --msg-backoff 0.5 >"$TS_TMP/badopt.out" 2>&1; then
+	fail "--msg-backoff 0.5 was accepted"
+fi
+grep -q "backoff factor 0.5 is out of range" "$TS_TMP/badopt.out" || fail "bad --msg-backoff error unclear: $(cat "$TS_TMP/badopt.out")"
+start_node "$NS_A" --tun tun0 --addr 198.18.0.2/24 --name fretry --msg-retries 2 --msg-backoff 2 --msg-rto-initial 100ms
+t0=$(date +%s.%N)
+# Nobody has 198.18.0.77: the greeting goes unanswered, 1 + 2 retries, 100 + 200 + 400 ms apart.
+if ctl send 198.18.0.77 "anyone there?" >"$TS_TMP/retry.out" 2>&1; then
+	fail "a message to nobody was delivered"
+fi
+t1=$(date +%s.%N)
+grep -q "after 3 tries" "$TS_TMP/retry.out" || fail "expected a failure after 3 tries: $(cat "$TS_TMP/retry.out")"
+took=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
+log "failed in $took s: $(cat "$TS_TMP/retry.out")"
+python3 -c "import sys; sys.exit(0 if 0.6 <= $took < 2.5 else 1)" || fail "3 tries 100/200/400 ms apart took $took s"
+ctl status --json | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["msg"]
+assert m["hellos_out"] >= 3 and m["messages_failed"] == 1, m
+' || fail "msg counters are off: $(ctl status --json)"
 interrupt "$NODE_PID"
 
 # --------------------------------------------------------------- console

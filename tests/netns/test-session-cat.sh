@@ -100,6 +100,41 @@ grep -o 'message [0-9]*' "$TS_TMP/ss-kc.out" >"$TS_TMP/got"
 seq_lines 1000 | diff -q - "$TS_TMP/got" >/dev/null || fail "our server did not print the kernel client's 1000 messages in order ($(wc -l <"$TS_TMP/got") lines)"
 stop "$SRV"
 
+log "session: five kernel clients at once against our server (burst and step mixed)"
+ours_bg "$NS_B" 198.18.2.2 ss-many session serve --port 7005
+SRV=$BG_PID
+listening ss-many
+seq_lines 2000 >"$TS_TMP/lines"
+MANY=()
+for k in 1 2 3 4 5; do
+	mode=burst
+	((k % 2)) || mode=step
+	# Not `bg`: an asynchronous command's stdin is /dev/null unless redirected on the command itself.
+	ip netns exec "$NS_A" "$TUNSTACK" session connect --kernel 198.18.2.2 7005 --mode "$mode" --client-id "many-$k" \
+		<"$TS_TMP/lines" >"$TS_TMP/many-$k.out" 2>&1 &
+	MANY+=("$!")
+	TS_PIDS+=("$!")
+done
+for k in 1 2 3 4 5; do
+	wait "${MANY[$((k - 1))]}" || fail "concurrent client $k failed: $(tail -3 "$TS_TMP/many-$k.out")"
+	grep -Eiq "acknowledged:? *2000|2000 acknowledged" "$TS_TMP/many-$k.out" || fail "client $k report: $(cat "$TS_TMP/many-$k.out")"
+done
+wait_for "[[ \$(grep -c 'message [0-9]' '$TS_TMP/ss-many.out') -ge 10000 ]]" 10 || true
+for k in 1 2 3 4 5; do
+	grep "^\[many-$k " "$TS_TMP/ss-many.out" | grep -o 'message [0-9]*' >"$TS_TMP/got"
+	seq_lines 2000 | diff -q - "$TS_TMP/got" >/dev/null || fail "our server did not print client $k's 2000 messages in order ($(wc -l <"$TS_TMP/got") lines)"
+done
+# The sessions overlapped: some client's lines come between another's first and last.
+python3 - "$TS_TMP/ss-many.out" <<'PY' || fail "the server handled the five clients one after another"
+import sys
+ids = [l.split()[0] for l in open(sys.argv[1]) if l.startswith("[many-")]
+first = {c: ids.index(c) for c in set(ids)}
+last = {c: len(ids) - 1 - ids[::-1].index(c) for c in set(ids)}
+sys.exit(0 if any(first[a] < first[b] < last[a] for a in first for b in first if a != b) else 1)
+PY
+log "five concurrent sessions: 5 x 2000 messages, each client's in order"
+stop "$SRV"
+
 # --------------------------------------------------------------------- cat
 # Alice types, Bob answers, Alice says BYE! (which ends the session on both sides; Bob's input
 # stays open longer so that it is Alice's BYE! that ends it).

@@ -39,13 +39,10 @@ fn replay_pump(mut from: TcpStream, mut to: TcpStream, after: u64) {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let Some(len) = buf
-                .get(..4)
-                .map(|l| u32::from_be_bytes(l.try_into().unwrap()))
-            else {
-                break;
-            };
+        while let Some(len) = buf
+            .get(..4)
+            .map(|l| u32::from_be_bytes(l.try_into().unwrap()))
+        {
             let need = if handshake_done {
                 record::HEADER_LEN + len as usize + record::TAG_LEN
             } else {

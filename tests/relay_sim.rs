@@ -700,3 +700,25 @@ fn test_sim_silent_server_dropped_after_dead_after() {
         assert!(!net.s(s).servers().contains(&"s3:7000".to_string()));
     }
 }
+
+#[test]
+fn test_sim_pinned_client_stays_on_its_server() {
+    let mut net = Net::new();
+    let servers = ring(&mut net, 3, true);
+    let cfg = {
+        let mut c = ClientConfig::new("ann", vec!["s1:7000".into()]);
+        c.pin = true;
+        c
+    };
+    let c = net.add(Node::Client(Box::new(Client::new(cfg, Rng::new(9)))));
+    net.set_delay(c, servers[0], 40);
+    net.set_delay(c, servers[1], 5);
+    net.set_delay(c, servers[2], 5);
+    net.run_until(10_000, "registration", |n| n.server_of(c).is_some());
+    assert_eq!(net.server_of(c).as_deref(), Some("s1:7000"), "slower, but pinned");
+    assert_eq!(net.c(c).ranking().len(), 1, "only the pinned server is measured");
+    // The periodic server list does not widen the choice either.
+    net.run_for(12_000);
+    assert_eq!(net.c(c).ranking().len(), 1);
+    assert_eq!(net.server_of(c).as_deref(), Some("s1:7000"));
+}

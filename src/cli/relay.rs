@@ -133,6 +133,10 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N", default_value = "3")]
     pub probes: u32,
 
+    /// Use only --server: measure it and register there, never another server of the mesh
+    #[arg(long)]
+    pub pin: bool,
+
     /// After the end of input, stay this many seconds to receive (default: leave once answered)
     #[arg(long, value_name = "SECONDS", default_value = "0")]
     pub linger: u64,
@@ -401,6 +405,7 @@ fn print_event(e: Event) {
 fn client_on<T: Transport>(t: T, a: &ClientArgs) -> Result<i32, CliError> {
     let mut cfg = ClientConfig::new(a.user.clone(), vec![a.server.clone()]);
     cfg.probes = a.probes.clamp(1, 100);
+    cfg.pin = a.pin;
     // Wall-clock milliseconds order this session after any earlier one of the same user.
     cfg.version_base = crate::node::clock::unix_micros() / 1000 * 1000;
     let seed = a

@@ -38,6 +38,9 @@ pub struct ClientConfig {
     pub retry_after: Duration,
     pub seen_capacity: usize,
     pub outbox_capacity: usize,
+    /// Use only the seed servers: still measured and reported, but others the mesh lists are
+    /// neither probed nor used for failover (tests and users who want one server).
+    pub pin: bool,
 }
 
 impl ClientConfig {
@@ -55,6 +58,7 @@ impl ClientConfig {
             retry_after: Duration::from_millis(1000),
             seen_capacity: 100_000,
             outbox_capacity: 10_000,
+            pin: false,
         }
     }
 }
@@ -461,7 +465,10 @@ impl Client {
         match (&self.phase, f) {
             (Phase::Discover { conn: c, .. }, Frame::InfoResponse(list)) if *c == conn => {
                 self.close(conn);
-                let servers: Vec<String> = list.into_iter().map(|e| e.addr).collect();
+                let mut servers: Vec<String> = list.into_iter().map(|e| e.addr).collect();
+                if self.cfg.pin {
+                    servers.retain(|s| self.cfg.seeds.contains(s));
+                }
                 for s in &servers {
                     if !self.known.contains(s) {
                         self.known.push(s.clone());
@@ -542,6 +549,9 @@ impl Client {
                 }
             },
             Frame::InfoResponse(list) => {
+                if self.cfg.pin {
+                    return;
+                }
                 for ServerEntry { addr, .. } in list {
                     if !self.known.contains(&addr) {
                         self.known.push(addr.clone());

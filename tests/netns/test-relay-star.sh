@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Relay mesh in the star lab over kernel TCP: three relay servers (ts-n1..n3,
 # 198.19.1.1-3:7000) joined in a cycle, four users spread over n1..n4. Every
-# user messages every other: each message arrives exactly once. Then server 1
-# is killed (SIGKILL) and the users keep messaging after failing over.
+# user messages every other: each message arrives exactly once; a message to a
+# user nobody registered is answered "no such user". Then the server most users
+# chose (read from the clients' logs, so at least one user is on it and failover
+# is really exercised) is killed (SIGKILL) and the users keep messaging after
+# failing over.
 #
 # The relay over our own TCP, with delay on the path to one server making
 # clients choose another, is tests/netns/test-relay-ours.sh.
@@ -78,19 +81,40 @@ check_all one
 grep -h '^rtt ' "$TS_TMP"/*.log | head -4
 "$TUNSTACK" ctl --control "$TS_TMP/relay2.sock" relay
 
-log "server 1 crashes; its users fail over"
-kill -KILL "${SRV_PID[1]}"
+log "a message to a user nobody registered is answered"
+echo "nobody are you there" >&"${FD[ann]}"
+wait_for "grep -qx 'no such user: nobody' $TS_TMP/ann.log" 10 ||
+	fail "ann got no 'no such user' answer: $(tail -5 "$TS_TMP/ann.log")"
+"$TUNSTACK" ctl --control "$TS_TMP/relay1.sock" relay --json | grep -q '"unknown_user_answers": [1-9]' ||
+	"$TUNSTACK" ctl --control "$TS_TMP/relay2.sock" relay --json | grep -q '"unknown_user_answers": [1-9]' ||
+	"$TUNSTACK" ctl --control "$TS_TMP/relay3.sock" relay --json | grep -q '"unknown_user_answers": [1-9]' ||
+	fail "no server counted an unknown-user answer"
+
+# The victim is the server most users chose (their first 'connected to' line), so
+# the crash strands at least one user whatever the RTT measurements picked.
+declare -A ON
 for u in "${USERS[@]}"; do
-	if grep -q '^connected to 198.19.1.1:7000' "$TS_TMP/$u.log"; then
-		wait_for "grep -q '^lost 198.19.1.1:7000' $TS_TMP/$u.log && tail -n 20 $TS_TMP/$u.log | grep -q '^connected to 198.19.1.[23]'" 20 ||
-			fail "$u did not fail over"
-	fi
+	ON[$u]=$(sed -n 's/^connected to 198\.19\.1\.\([0-9]\):7000$/\1/p' "$TS_TMP/$u.log" | head -1)
+	[[ -n ${ON[$u]} ]] || fail "cannot tell which server $u chose: $(cat "$TS_TMP/$u.log")"
 done
-wait_for "\"$TUNSTACK\" ctl --control $TS_TMP/relay2.sock relay --json | grep -q '\"servers_dropped\": [1-9]'" 15 ||
-	fail "server 2 did not notice server 1 is gone"
+VICTIM=$(printf '%s\n' "${ON[@]}" | sort | uniq -c | sort -k1,1nr -k2,2n | awk 'NR == 1 {print $2}')
+STRANDED=()
+for u in "${USERS[@]}"; do
+	[[ ${ON[$u]} == "$VICTIM" ]] && STRANDED+=("$u")
+done
+((${#STRANDED[@]} >= 1)) || fail "no user on server $VICTIM: failover would not be exercised"
+SURVIVOR=$((VICTIM % 3 + 1))
+log "server $VICTIM crashes; its users (${STRANDED[*]}) fail over"
+kill -KILL "${SRV_PID[$VICTIM]}"
+for u in "${STRANDED[@]}"; do
+	wait_for "grep -q '^lost 198.19.1.$VICTIM:7000' $TS_TMP/$u.log && grep '^connected to' $TS_TMP/$u.log | tail -1 | grep -qv '198.19.1.$VICTIM:7000'" 20 ||
+		fail "$u did not fail over: $(tail -5 "$TS_TMP/$u.log")"
+done
+wait_for "\"$TUNSTACK\" ctl --control $TS_TMP/relay$SURVIVOR.sock relay --json | grep -q '\"servers_dropped\": [1-9]'" 15 ||
+	fail "server $SURVIVOR did not notice server $VICTIM is gone"
 sleep 2
 send_all two
 check_all two
-"$TUNSTACK" ctl --control "$TS_TMP/relay2.sock" relay
+"$TUNSTACK" ctl --control "$TS_TMP/relay$SURVIVOR.sock" relay
 
 pass

@@ -715,8 +715,16 @@ fn test_sim_pinned_client_stays_on_its_server() {
     net.set_delay(c, servers[1], 5);
     net.set_delay(c, servers[2], 5);
     net.run_until(10_000, "registration", |n| n.server_of(c).is_some());
-    assert_eq!(net.server_of(c).as_deref(), Some("s1:7000"), "slower, but pinned");
-    assert_eq!(net.c(c).ranking().len(), 1, "only the pinned server is measured");
+    assert_eq!(
+        net.server_of(c).as_deref(),
+        Some("s1:7000"),
+        "slower, but pinned"
+    );
+    assert_eq!(
+        net.c(c).ranking().len(),
+        1,
+        "only the pinned server is measured"
+    );
     // The periodic server list does not widen the choice either.
     net.run_for(12_000);
     assert_eq!(net.c(c).ranking().len(), 1);

@@ -1419,15 +1419,13 @@ pub fn relay_frame(data: &[u8]) {
                         conns.get_mut(&c).expect("known").closed = true;
                     }
                 }
-                2 => {
-                    if !dials.is_empty() {
-                        let c = dials.remove(0);
-                        if bytes.first().is_some_and(|b| b & 1 != 0) {
-                            s.handle_connected(now, c);
-                        } else {
-                            s.handle_connect_failed(now, c);
-                            conns.get_mut(&c).expect("dialed").closed = true;
-                        }
+                2 if !dials.is_empty() => {
+                    let c = dials.remove(0);
+                    if bytes.first().is_some_and(|b| b & 1 != 0) {
+                        s.handle_connected(now, c);
+                    } else {
+                        s.handle_connect_failed(now, c);
+                        conns.get_mut(&c).expect("dialed").closed = true;
                     }
                 }
                 _ => {}

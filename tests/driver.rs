@@ -1,47 +1,19 @@
 //! The event loop without root: a Unix datagram socket pair stands in for the TUN fd (one packet
 //! per datagram, pollable), so the real `Driver` runs against a test peer.
 
+mod sock_device;
+
+use sock_device::SockDevice;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
-use tunstack::device::Device;
 use tunstack::driver::Driver;
 use tunstack::node::clock::Clock;
 use tunstack::node::{Node, NodeHandle};
 use tunstack::stack::{Stack, StackConfig};
 use tunstack::wire::icmp::IcmpRepr;
 use tunstack::wire::ipv4::Ipv4Repr;
-
-struct SockDevice(UnixDatagram);
-
-impl AsRawFd for SockDevice {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-impl Device for SockDevice {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match self.0.recv(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-    // A Unix datagram queue is only a few packets deep; wait for room instead of dropping, so
-    // the test sees a lossless link (the TUN device drops when full, and TCP recovers).
-    fn send(&mut self, pkt: &[u8]) -> io::Result<()> {
-        loop {
-            match self.0.send(pkt) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
 
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

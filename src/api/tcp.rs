@@ -9,6 +9,7 @@ use crate::tcp::{ListenerHandle, SocketHandle, TcpError, TcpState};
 use crate::time::Duration;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn io_error(e: TcpError) -> io::Error {
@@ -88,6 +89,8 @@ impl Drop for TcpListener {
 struct Inner {
     node: NodeHandle,
     handle: SocketHandle,
+    /// `shutdown(Read)` was called: reads end at once, on every clone (as `std::net`).
+    read_shut: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -112,6 +115,7 @@ impl TcpStream {
             inner: Arc::new(Inner {
                 node: node.clone(),
                 handle,
+                read_shut: AtomicBool::new(false),
             }),
             read_timeout: None,
             write_timeout: None,
@@ -183,13 +187,21 @@ impl TcpStream {
         self.node().with(|n, _| n.stack.tcp.set_nodelay(h, on));
     }
 
-    /// `Write` half-closes (FIN after what is queued); `Read` stops reading; `Both` does both.
+    /// `Write` half-closes (FIN after what is queued); `Read` makes current and later reads
+    /// return end of stream (TCP has nothing to send for it); `Both` does both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         let h = self.inner.handle;
         if matches!(how, Shutdown::Write | Shutdown::Both) {
             self.node()
                 .with(|n, _| n.stack.tcp.shutdown_write(h))
                 .map_err(io_error)?;
+        }
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            // Set under the node's lock, which readers hold while they check it, so a reader
+            // blocked on another thread cannot miss the notification that follows.
+            let shut = &self.inner.read_shut;
+            self.node().with(|_, _| shut.store(true, Ordering::SeqCst));
+            self.node().notify();
         }
         Ok(())
     }
@@ -219,7 +231,11 @@ impl Read for &TcpStream {
             return Ok(0);
         }
         let h = self.inner.handle;
+        let shut = &self.inner.read_shut;
         let r = self.node().wait(self.read_timeout, |n, _| {
+            if shut.load(Ordering::SeqCst) {
+                return Some(Ok(0));
+            }
             // Ok(0) is the end of the stream; WouldBlock means wait for the loop.
             match n.stack.tcp.recv(h, buf) {
                 Ok(k) => Some(Ok(k)),

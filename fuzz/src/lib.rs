@@ -1457,9 +1457,13 @@ pub fn relay_frame(data: &[u8]) {
         }
         relay_outputs(&mut s, &mut conns, &mut dials);
         assert!(s.local_users() <= max_users, "more users than the limit");
-        let st = s.status_json(now);
-        assert!(st["dedup_entries"].as_u64().unwrap_or(0) <= RELAY_DEDUP as u64);
+        assert!(
+            s.dedup_len() <= RELAY_DEDUP,
+            "more dedup keys than the capacity"
+        );
     }
+    let st = s.status_json(now);
+    assert_eq!(st["users_here"], s.local_users());
     // A clean stop says goodbye only with whole frames, on open connections.
     s.shutdown();
     relay_outputs(&mut s, &mut conns, &mut dials);

@@ -243,6 +243,11 @@ impl Server {
         self.local.len()
     }
 
+    /// Message keys remembered for duplicate suppression.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
     /// "limit hit" lines logged so far.
     pub fn limit_log_lines(&self) -> u64 {
         self.limit_log.lines

@@ -153,7 +153,19 @@ pub(super) struct Conn {
     in_recovery: bool,
     recover: SeqNumber,
     rexmit_next: SeqNumber,
+    /// SND.MAX when the latest recovery retransmission left: SACKs for data past it prove
+    /// that anything resent before it and still missing was lost again.
+    rexmit_mark: Option<SeqNumber>,
     force_rexmit: bool,
+    /// The probe timeout (RFC 8985 section 7): a tail loss probe outside recovery, a new pass
+    /// over the holes inside it; far shorter than the RTO, which stays the last resort.
+    probe_at: Option<Instant>,
+    /// Probes sent since an ACK last advanced SND.UNA: at most `MAX_PROBES` per flight, then
+    /// the RTO decides.
+    probes: u32,
+    /// The probe the next dispatch must send (new data if the window allows, else the last
+    /// segment again).
+    tlp_pending: bool,
     /// SACKed ranges above `snd_una`, sorted and disjoint (the RFC 6675 scoreboard).
     sacked: Vec<(SeqNumber, SeqNumber)>,
 
@@ -172,6 +184,10 @@ pub(super) struct Conn {
 }
 
 const MAX_SACKED: usize = 32;
+/// Probe timeouts per flight before the RTO is left to act (RFC 8985 sends one; more cover
+/// the probe or its ACK being lost too, which at a few percent loss is common, while the
+/// RTO's 200 ms floor is thousands of round trips in a lab).
+const MAX_PROBES: u32 = 4;
 
 impl Conn {
     fn new(
@@ -243,6 +259,10 @@ impl Conn {
             in_recovery: false,
             recover: iss,
             rexmit_next: iss,
+            rexmit_mark: None,
+            probe_at: None,
+            probes: 0,
+            tlp_pending: false,
             force_rexmit: false,
             // Grows on the first SACK block: idle connections keep no scoreboard.
             sacked: Vec::new(),
@@ -417,6 +437,7 @@ impl Conn {
     pub fn deadline(&self) -> Option<Instant> {
         [
             self.rtx_at,
+            self.probe_at,
             self.persist_at,
             self.delack_at,
             self.keepalive_at,
@@ -792,16 +813,16 @@ impl Conn {
         }
         if ack > self.snd_una {
             let acked = ack.since(self.snd_una);
-            let rtt = match h.options.timestamps.filter(|_| self.ts_ok) {
-                // RFC 7323 section 4.1: the echoed timestamp measures every ACK, retransmitted
-                // or not, which sidesteps Karn's ambiguity.
-                Some((_, ecr)) if ecr != 0 => {
+            // The timed segment measures in microseconds, which the probe timeout needs on a
+            // path whose RTT is well under the timestamp clock's millisecond. The echoed
+            // timestamp (RFC 7323 section 4.1) fills in while no segment is timed: after a
+            // retransmission (Karn) and in recovery, when samples matter most.
+            let rtt = match (self.rtt_probe, h.options.timestamps.filter(|_| self.ts_ok)) {
+                (Some((s, t)), _) if ack > s => Some(now - t),
+                (None, Some((_, ecr))) if ecr != 0 => {
                     Some(Duration::from_millis(ts_clock(now).wrapping_sub(ecr) as u64))
                 }
-                _ => match self.rtt_probe {
-                    Some((s, t)) if ack > s => Some(now - t),
-                    _ => None,
-                },
+                _ => None,
             };
             if let Some(r) = rtt.filter(|r| *r < Duration::from_secs(120)) {
                 self.rtt_sample(env, r);
@@ -810,6 +831,8 @@ impl Conn {
                 self.rtt_probe = None;
             }
             self.backoff = 0;
+            self.probes = 0;
+            self.probe_at = None;
             let data = ack.since(self.tx_seq).min(self.tx.len());
             self.tx.consume(data);
             self.tx.release_if_empty();
@@ -860,18 +883,61 @@ impl Conn {
                 self.dupacks += 1;
             }
         }
+        if new_sack {
+            // Progress of a kind: the probe timer starts again from this ACK.
+            self.probe_at = None;
+            if self.in_recovery {
+                self.probes = 0;
+            }
+        }
+        if self.in_recovery {
+            self.detect_lost_retransmit(env);
+        }
         if !self.in_recovery && self.snd_una >= self.recover && self.snd_max > self.snd_una {
             let mss = self.max_payload();
-            let sack_lost = self.sack_ok && self.sacked_bytes() > 2 * mss;
+            let flight = self.snd_max.since(self.snd_una);
+            let sacked = self.sacked_bytes();
+            // RFC 6675's DupThresh of three segments, lowered for a flight too short to ever
+            // produce three (RFC 5827 early retransmit): then all but one segment SACKed is
+            // enough. A SACK for a tail loss probe means what the probe followed is lost.
+            let sack_lost = self.sack_ok
+                && (sacked > 2 * mss
+                    || (sacked > 0 && flight < 4 * mss && sacked + mss >= flight)
+                    || (new_sack && self.probes > 0));
             if self.dupacks >= 3 || sack_lost {
                 self.enter_recovery(env);
             }
         }
     }
 
+    /// A retransmission lost in recovery would otherwise wait for the RTO (at least 200 ms,
+    /// doubling), which at a few percent loss stalls the sender most of the time. The path
+    /// delivers in order but for reordering of up to a few segments, so once the peer SACKs
+    /// data sent three segments after our latest retransmission while SND.UNA (resent in this
+    /// pass, since `rexmit_next` is past it) is still missing, that retransmission is gone:
+    /// start the pass over. The walk skips what has been SACKed since, so only the holes that
+    /// are still holes are sent again. This is the rule Linux used before RACK (RFC 8985
+    /// generalises it with send times).
+    fn detect_lost_retransmit(&mut self, env: &mut Env<'_>) {
+        let Some(mark) = self.rexmit_mark else {
+            return;
+        };
+        if !self.sack_ok || self.rexmit_next <= self.snd_una {
+            return;
+        }
+        if self.high_sack() >= mark + 3 * self.max_payload() {
+            env.counters.lost_retransmits += 1;
+            self.rexmit_next = self.snd_una;
+            self.rexmit_mark = None;
+        }
+    }
+
     fn enter_recovery(&mut self, env: &mut Env<'_>) {
         env.counters.fast_retransmits += 1;
         self.in_recovery = true;
+        // Entered during a timeout's go-back-N: the holes are walked by the recovery from
+        // here on, so the resend from SND.NXT stops instead of sending them a second time.
+        self.snd_nxt = self.snd_max;
         self.recover = self.snd_max;
         let flight = self.snd_max.since(self.snd_una);
         let mss = self.max_payload();
@@ -885,8 +951,12 @@ impl Conn {
         };
         self.events.push(env.now, snap);
         self.rexmit_next = self.snd_una;
+        self.rexmit_mark = None;
         self.force_rexmit = true;
         self.rtt_probe = None;
+        self.probe_at = None;
+        self.probes = 0;
+        self.tlp_pending = false;
     }
 
     fn sack_add(&mut self, l: SeqNumber, r: SeqNumber) -> bool {
@@ -1085,6 +1155,9 @@ impl Conn {
                 return;
             }
         }
+        if due(self.probe_at) {
+            self.on_probe_timeout(env);
+        }
         if due(self.persist_at) {
             self.persist_probe = true;
             self.persist_backoff = (self.persist_backoff + 1).min(16);
@@ -1101,6 +1174,90 @@ impl Conn {
             self.keepalive_probe = true;
             self.keepalive_at = Some(now + env.cfg.keepalive_interval);
         }
+    }
+
+    /// PTO = 2 SRTT plus room for the peer's delayed ACK: a little when several segments are
+    /// out (the peer ACKs every second one), a full RTO floor for a lone segment, whose ACK
+    /// the peer may hold back (RFC 8985 section 7.2). Never later than the RTO.
+    fn pto(&self, env: &Env<'_>) -> Duration {
+        let srtt = self.srtt.unwrap_or(self.rto);
+        let flight = self.snd_max.since(self.snd_una);
+        // One millisecond: the event loop's timer resolution (epoll waits whole milliseconds).
+        let slack = if flight > self.max_payload() {
+            Duration::from_millis(1)
+        } else {
+            env.cfg.rto_min
+        };
+        (srtt * 2 + slack).min(self.rto)
+    }
+
+    fn on_probe_timeout(&mut self, env: &mut Env<'_>) {
+        self.probe_at = None;
+        if !self.is_synchronized() || self.snd_max <= self.snd_una || self.snd_wnd == 0 {
+            return;
+        }
+        self.probes += 1;
+        if !self.in_recovery && !self.sacked.is_empty() {
+            // Data above SND.UNA was SACKed and SND.UNA is still missing a PTO later: it is
+            // lost (RFC 8985's rule, with the PTO as the reordering allowance). This is also
+            // the way out after a timeout whose retransmission was lost, where the recovery
+            // point of RFC 6582 would keep fast recovery shut until the next timeout.
+            self.enter_recovery(env);
+            return;
+        }
+        if self.in_recovery {
+            // Nothing moved for a PTO in recovery: a retransmission was lost, or the segment
+            // at SND.UNA was lost with the SACKs that would have shown it (a partial ACK and
+            // nothing above it). Walk the holes again from SND.UNA (SACKed data is skipped),
+            // at least one segment at once.
+            if self.rexmit_next > self.snd_una {
+                env.counters.lost_retransmits += 1;
+            } else {
+                env.counters.loss_probes += 1;
+            }
+            self.rexmit_next = self.snd_una;
+            self.rexmit_mark = None;
+            self.force_rexmit = true;
+        } else {
+            env.counters.loss_probes += 1;
+            self.tlp_pending = true;
+        }
+    }
+
+    /// RFC 8985 section 7.3: a new segment if the peer's window allows one (whatever the
+    /// congestion window), else the last segment sent, so the peer's ACK tells which of the
+    /// flight's tail is missing.
+    fn send_loss_probe(&mut self, env: &mut Env<'_>, tx: &mut Tx) -> bool {
+        self.tlp_pending = false;
+        let mss = self.max_payload();
+        let data_end = self.fin_seq();
+        let seq = self.snd_nxt;
+        let right = self.snd_una + self.snd_wnd;
+        if seq == self.snd_max && seq < data_end && right > seq {
+            let len = data_end.since(seq).min(mss).min(right.since(seq));
+            self.emit(env, tx, Flags::ACK, seq, len);
+            self.bytes_sent += len as u64;
+            self.snd_nxt = seq + len;
+            self.snd_max = self.snd_nxt;
+            return true;
+        }
+        // The last segment again (the FIN alone, when that was last).
+        let top = self.snd_max;
+        let fin = self.fin_queued && top == data_end + 1;
+        let data_top = if fin { data_end } else { top };
+        let len = data_top.since(self.snd_una).min(mss);
+        let start = data_top - len;
+        let flags = if fin {
+            Flags::ACK | Flags::FIN
+        } else {
+            Flags::ACK
+        };
+        self.emit(env, tx, flags, start, len);
+        self.untime(start, len);
+        env.counters.retransmits += 1;
+        self.retransmits += 1;
+        self.log_retransmit(env, RetransmitReason::LossProbe, start, len);
+        true
     }
 
     fn backed_off(&self, env: &Env<'_>, n: u32) -> Duration {
@@ -1147,6 +1304,9 @@ impl Conn {
         }
         self.in_recovery = false;
         self.dupacks = 0;
+        self.probe_at = None;
+        self.probes = 0;
+        self.tlp_pending = false;
         self.recover = self.snd_max;
         self.snd_nxt = self.snd_una;
         self.rexmit_next = self.snd_una;
@@ -1203,6 +1363,9 @@ impl Conn {
             sent |= self.send_recovery(env, tx);
         }
         sent |= self.send_new(env, tx);
+        if self.tlp_pending {
+            sent |= self.send_loss_probe(env, tx);
+        }
         if self.persist_probe {
             self.persist_probe = false;
             // RFC 9293 section 3.8.6.1: probe a zero window with one byte, resent until the
@@ -1261,6 +1424,13 @@ impl Conn {
                 self.rtx_at = Some(env.now + self.rto);
             }
         }
+        if !outstanding || self.snd_wnd == 0 {
+            self.probe_at = None;
+        } else if self.probe_at.is_none() && self.probes < MAX_PROBES && self.sack_ok {
+            // Each further probe waits twice as long: its predecessor or that one's ACK was
+            // lost. Four probes take about 15 PTOs, still far below the RTO floor.
+            self.probe_at = Some(env.now + self.pto(env) * (1 << self.probes));
+        }
     }
 
     /// RFC 6675 section 5 NextSeg rule 1 (and RFC 6582 for peers without SACK): resend holes
@@ -1274,7 +1444,11 @@ impl Conn {
                     start = b.1;
                 }
             }
-            let limit = if self.sack_ok {
+            let limit = if self.sack_ok && self.force_rexmit {
+                // The first retransmission of a recovery, or of a probe timeout in one: the
+                // segment at SND.UNA goes even when no SACK block lies above it.
+                self.high_sack().max(self.snd_una + self.max_payload())
+            } else if self.sack_ok {
                 self.high_sack()
             } else if self.force_rexmit {
                 self.snd_una + self.max_payload()
@@ -1311,7 +1485,9 @@ impl Conn {
                 Flags::ACK
             };
             self.emit(env, tx, flags, start, len);
+            self.untime(start, len);
             self.rexmit_next = start + len + fin as usize;
+            self.rexmit_mark = Some(self.snd_max);
             env.counters.retransmits += 1;
             self.retransmits += 1;
             self.log_retransmit(env, reason, start, len);
@@ -1377,12 +1553,13 @@ impl Conn {
             self.emit(env, tx, flags, seq, len);
             self.snd_nxt = seq + len + fin as usize;
             if retrans {
+                self.untime(seq, len);
                 env.counters.retransmits += 1;
                 self.retransmits += 1;
                 self.log_retransmit(env, RetransmitReason::Rto, seq, len);
             } else {
                 self.bytes_sent += len as u64;
-                if self.rtt_probe.is_none() && !self.ts_ok {
+                if self.rtt_probe.is_none() {
                     self.rtt_probe = Some((seq, env.now));
                 }
             }
@@ -1500,6 +1677,17 @@ impl Conn {
 }
 
 impl Conn {
+    /// Karn's rule (RFC 6298 section 3): a retransmitted segment is never timed, since its
+    /// ACK may answer either copy.
+    fn untime(&mut self, start: SeqNumber, len: usize) {
+        if self
+            .rtt_probe
+            .is_some_and(|(s, _)| s >= start && s < start + len.max(1))
+        {
+            self.rtt_probe = None;
+        }
+    }
+
     fn log_retransmit(
         &mut self,
         env: &Env<'_>,

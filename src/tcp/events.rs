@@ -34,6 +34,8 @@ pub enum RetransmitReason {
     PersistProbe,
     /// An idle-connection keep-alive probe.
     KeepaliveProbe,
+    /// A tail loss probe (RFC 8985 section 7) that resent the flight's last segment.
+    LossProbe,
 }
 
 /// Why a reset left or arrived.

@@ -261,6 +261,10 @@ pub struct TcpCounters {
     pub resets_out: u64,
     pub retransmits: u64,
     pub fast_retransmits: u64,
+    /// Retransmissions found lost in recovery (by SACKs for later data) and resent again.
+    pub lost_retransmits: u64,
+    /// Tail loss probes sent (RFC 8985 section 7).
+    pub loss_probes: u64,
     pub rto_timeouts: u64,
     pub timeouts: u64,
     pub keepalive_timeouts: u64,

@@ -1,6 +1,7 @@
 //! The relay mesh over kernel TCP on 127.0.0.1 (ephemeral ports, no root): three servers joined
 //! in a cycle, four clients, every user messages every other exactly once; then a server is
-//! stopped and its clients fail over without losing a message.
+//! stopped and its clients fail over without losing a message. A full server (`max_users`)
+//! tells a user why it refused him, and he registers with another.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -224,4 +225,50 @@ fn test_kernel_mesh_all_to_all_and_failover() {
     for s in &servers {
         s.stop();
     }
+}
+
+#[test]
+fn test_kernel_users_limit_refused_then_next_server() {
+    let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+    let p1 = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut cfg = ServerConfig::new(format!("127.0.0.1:{p1}"));
+    cfg.max_users = 1;
+    let s1 = serve(kt(), p1, Server::new(cfg)).unwrap();
+    let seed = format!("127.0.0.1:{p1}");
+    let ann = user("ann", &seed, 1);
+    wait(10, "ann registered", || ann.server().is_some());
+    // s1 is the only server and it is full: bob hears why, and keeps trying.
+    let bob = user("bob", &seed, 2);
+    let end = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        assert!(Instant::now() < end, "bob was never told he was refused");
+        match bob.events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Refused { server, reason }) => {
+                assert_eq!(server, seed);
+                break reason;
+            }
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("limit of 1 users"), "reason: {reason}");
+    assert!(s1.with(|s, _| s.counters().users_limit) >= 1);
+    // A second server joins; bob finds it on his next round and registers there.
+    let p2 = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut cfg = ServerConfig::new(format!("127.0.0.1:{p2}"));
+    cfg.join = vec![seed.clone()];
+    let s2 = serve(kt(), p2, Server::new(cfg)).unwrap();
+    wait(20, "bob registered with the second server", || {
+        bob.server().as_deref() == Some(&format!("127.0.0.1:{p2}")[..])
+    });
+    wait(10, "directory", || {
+        directory_has(&s1, &["ann", "bob"]) && directory_has(&s2, &["ann", "bob"])
+    });
+    let mut users = vec![ann, bob];
+    all_to_all(&mut users, "limit");
+    assert_eq!(s1.with(|s, _| s.local_users()), 1);
+    for u in &users {
+        u.run.stop();
+    }
+    s1.stop();
+    s2.stop();
 }

@@ -662,6 +662,7 @@ fn test_sim_silent_server_dropped_after_dead_after() {
         },
     );
     let took = net.now.saturating_since(t0);
+    eprintln!("silent s3 dropped by both survivors {took:?} after it went dark");
     assert!(
         took >= dead_after - tick && took <= dead_after + tick * 2,
         "dropped after {took:?}"

@@ -46,6 +46,8 @@ pub struct SimStats {
     pub delivered: u64,
     /// Packets for an address no host owns.
     pub unroutable: u64,
+    /// Packets the test's filter dropped.
+    pub filtered: u64,
 }
 
 struct Link {
@@ -55,6 +57,10 @@ struct Link {
 
 /// A packet observer: `(time, from, to, bytes)` as it enters the link.
 pub type Tap = Box<dyn FnMut(Instant, HostId, HostId, &[u8])>;
+
+/// A packet filter: `(time, from, to, bytes)` as it enters the link; `false` drops it. For
+/// tests that must lose one particular packet (a tail segment, a retransmission).
+pub type Filter = Box<dyn FnMut(Instant, HostId, HostId, &[u8]) -> bool>;
 
 pub struct Sim {
     now: Instant,
@@ -66,6 +72,7 @@ pub struct Sim {
     default_link: ImpairSpec,
     stats: SimStats,
     tap: Option<Tap>,
+    filter: Option<Filter>,
 }
 
 impl Sim {
@@ -84,6 +91,7 @@ impl Sim {
             },
             stats: SimStats::default(),
             tap: None,
+            filter: None,
         }
     }
 
@@ -165,6 +173,10 @@ impl Sim {
         self.tap = Some(tap);
     }
 
+    pub fn set_filter(&mut self, filter: Filter) {
+        self.filter = Some(filter);
+    }
+
     fn route(&mut self, from: HostId, packet: Vec<u8>) {
         self.stats.sent += 1;
         let dst = match packet.get(16..20) {
@@ -180,6 +192,13 @@ impl Sim {
         };
         if let Some(tap) = self.tap.as_mut() {
             tap(self.now, from, to, &packet);
+        }
+        if let Some(filter) = self.filter.as_mut() {
+            if !filter(self.now, from, to, &packet) {
+                self.stats.filtered += 1;
+                self.hosts[from.0].recycle(packet);
+                return;
+            }
         }
         if !self.link_index.contains_key(&(from, to)) {
             self.set_link(from, to, self.default_link.clone());

@@ -4,7 +4,8 @@
 # pair: kernel clients (nc, python, curl) to the node's services; 100 MB each way byte-exact by
 #       SHA-256 (curl download, tcp listen upload, tcp connect sending to a kernel server and
 #       receiving from one, echo both ways at once); 1,000 sequential and 200 concurrent
-#       connections; a capture checked by tshark (no bad checksums, no malformed packets).
+#       connections; a capture checked by tshark (no bad checksums, no malformed packets);
+#       the TCP stack options (--congestion, --no-sack, --tcp-buffer) seen in ctl sockets.
 # line: nftables drops 2 % of forwarded packets in ts-a; transfers through both kernels still
 #       finish byte-exact.
 set -euo pipefail
@@ -148,6 +149,39 @@ if nsx "$TUNSTACK" tcp connect 198.18.0.1 6999 --tun tun0 --addr 198.18.0.2/24 -
 	fail "connect to a closed port succeeded"
 fi
 grep -qi "refused" "$TS_TMP/refused.err" || fail "refusal unclear: $(cat "$TS_TMP/refused.err")"
+
+log "TCP stack options reach the connections (ctl sockets --json)"
+start_node "$NS_A" --tun tun0 --addr 198.18.0.2/24 --name fopts --serve hold:9002 \
+	--congestion newreno --no-sack --tcp-buffer 64K --nodelay --keepalive 60s --time-wait 500ms
+OPTS_NODE=$NODE_PID
+bg "$NS_A" timeout 20 python3 -c "
+import socket, time
+s = socket.create_connection(('198.18.0.2', 9002)); s.setblocking(False)
+deadline = time.time() + 2
+while time.time() < deadline:
+    try:
+        s.send(b'x' * 65536)
+    except BlockingIOError:
+        time.sleep(0.05)
+print('filled', flush=True)
+time.sleep(15)" >"$TS_TMP/opts-hold"
+OPTS_CLIENT=$BG_PID
+wait_for "test -s '$TS_TMP/opts-hold'" 10 || fail "options: the client did not fill the window"
+ctl sockets --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+c = [c for c in d["connections"] if c["local"].endswith(":9002") and c["state"] == "ESTAB"]
+assert c, d
+c = c[0]
+# A 64 KiB receive buffer, full (less than a segment of window left); NewReno; no SACK.
+assert c["congestion"].lower() == "newreno", c
+assert c["sack"] is False, c
+assert 60000 <= c["rx_queue"] <= 65536 and c["rcv_wnd"] < c["mss"], c
+q = c["rx_queue"]
+print(f"newreno, no SACK, rx_queue {q} of 65536")' ||
+	fail "options: ctl sockets --json does not show --congestion/--no-sack/--tcp-buffer"
+stop "$OPTS_CLIENT"
+interrupt "$OPTS_NODE"
 
 # ------------------------------------------------------------------ line
 log "line: 2% of forwarded packets dropped by nftables in ts-a"

@@ -10,7 +10,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TUNSTACK=${TUNSTACK:-$ROOT/target/release/tunstack}
 SETUP=$ROOT/netns-scripts/setup-netns.sh
-NS=ts-a
+# A prefix of its own, so the demo neither uses nor tears down a lab the user
+# built with `make lab` (prefix ts-).
+export TS_PREFIX=ts-demo-
+NS=${TS_PREFIX}a
 NODE_ADDR=198.18.0.2
 CTL=/run/tunstack/demo.sock
 

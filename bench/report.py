@@ -36,7 +36,9 @@ WORKLOADS = [
     ("loss_1", "Goodput via router, 1 % loss", "Mbit/s", "higher"),
     ("loss_5", "Goodput via router, 5 % loss", "Mbit/s", "higher"),
     ("p170_msg_rate", "Protocol 170 messages per second", "msg/s", "higher"),
-    ("p170_msg_latency", "Protocol 170 per-message latency (acked)", "µs", "lower"),
+    ("p170_msg_rate_latency", "Protocol 170 latency at full rate, median", "µs", "lower"),
+    ("p170_msg_latency", "Protocol 170 latency, one at a time, median", "µs", "lower"),
+    ("p170_msg_latency_p99", "Protocol 170 latency, one at a time, p99", "µs", "lower"),
     ("p171_file_0", "Protocol 171 file throughput, 0 % loss", "Mbit/s", "higher"),
     ("p171_file_5", "Protocol 171 file throughput, 5 % loss", "Mbit/s", "higher"),
 ]
@@ -46,6 +48,8 @@ DERIVED = {
     "rr_pinned_p99": ("rr_pinned", "p99_us"),
     "rr_unpinned_p99": ("rr_unpinned", "p99_us"),
     "conc_10k_rss": ("conc_10k", "rss_bytes_per_conn"),
+    "p170_msg_rate_latency": ("p170_msg_rate", "latency_median_us"),
+    "p170_msg_latency_p99": ("p170_msg_latency", "p99_us"),
 }
 
 LOSS_KEYS = [(0, "loss_0"), (1, "loss_1"), (5, "loss_5")]
@@ -148,6 +152,22 @@ def table_rows(cells):
 
 HEADER = ["workload", "unit"] + TARGETS + ["tunstack/smoltcp", "tunstack/kernel"]
 
+# Protocol 171 against tunstack's own TCP on the router path (issue target: at least 0.5).
+FILE_VS_TCP = [("p171_file_0", "loss_0", "0 %"), ("p171_file_5", "loss_5", "5 %")]
+
+
+def file_vs_tcp(cells):
+    """Lines comparing protocol 171 with tunstack TCP goodput at the same loss, where both ran."""
+    out = []
+    for fkey, tkey, label in FILE_VS_TCP:
+        f, t = cells.get((fkey, "tunstack")), cells.get((tkey, "tunstack"))
+        if f and t and f.values and t.values and t.median():
+            out.append(
+                f"protocol 171 / tunstack TCP via the router at {label} loss: "
+                f"{fmt_num(f.median())} / {fmt_num(t.median())} Mbit/s = {f.median() / t.median():.2f}"
+            )
+    return out
+
 
 def print_table(path):
     meta, end, rows = load(path)
@@ -169,6 +189,8 @@ def print_table(path):
     print(line(["-" * w for w in widths]))
     for r in body:
         print(line(r))
+    for text in file_vs_tcp(cells):
+        print(text)
 
 
 # ------------------------------------------------------------------ chart
@@ -348,6 +370,9 @@ def write(path):
     for r in table_rows(cells):
         md.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
     md.append("")
+    for text in file_vs_tcp(cells):
+        md.append(f"- {text[0].upper()}{text[1:]}")
+    md.append("")
     md.append(f"![Goodput against loss](bench-loss.png) ({chart_note})")
     md.append("")
     md.append("## The machine")
@@ -402,6 +427,18 @@ def write(path):
         "- **Loss**: the client reaches a second TUN (tunstack, smoltcp) or a kernel server through a router "
         "namespace whose nftables forward chain has `numgen random mod 100 < N drop`, applied to both "
         "directions; 300 MB to discard, capped at 10 s."
+    )
+    md.append(
+        "- **Protocols 170 and 171** (tunstack only): two nodes, 198.18.0.2 on the client namespace's TUN and "
+        "198.18.1.2 on the router's, each with a data directory (the inbox is synced before every ACK, "
+        "received files before DONE); the client namespace forwards between its TUN and the router. "
+        "`tunstack ctl msgbench 198.18.1.2 --count 500000 --size 64 --window 1024` (messages/s of "
+        "acknowledged messages, at most 1,024 undelivered; latency from queueing to the acknowledgement as "
+        "the command sees it) and `--count 3000 --window 1` (one message at a time: the latency row); "
+        "`tunstack ctl filebench 198.18.1.2 --size 500M` (0 % loss) and `--size 200M` (5 % loss on the router): "
+        "a fresh file of random bytes, timed from the offer to DONE, i.e. until the receiver has checked the "
+        "SHA-256 and synced the file; hashing before the offer is not timed. Compare the file rows with "
+        "tunstack's own TCP goodput via the router (the loss rows)."
     )
     md.append(
         "- Kernel RSS per connection counts only the user-space server (its thread stacks); the kernel's "

@@ -5,6 +5,7 @@
 #
 #   bench/run.sh            full run (BENCH_ROUNDS rounds, default 3)
 #   bench/run.sh --smoke    one short round of a few workloads (< 1 minute)
+#   BENCH_ONLY=proto bench/run.sh   only some workload groups (icmp,tcp,loss,proto)
 #
 # Results: one JSON object per line in bench/results/latest.jsonl (smoke:
 # bench/results/smoke.jsonl), then a table on stdout. `bench/report.py write`
@@ -19,7 +20,10 @@
 #                                                 tun0 198.18.1.1/24 -- stack 198.18.1.2
 #                                                 veth 198.19.0.9/30 <-> 198.19.0.10/30 l (kernel server, lossy path)
 #
-# The lossy workloads cross r's forward chain for every target alike.
+# The lossy workloads cross r's forward chain for every target alike. The
+# protocol 170/171 workloads run between two tunstack nodes, 198.18.0.2 (c's
+# tun0) and 198.18.1.2 (r's tun0): c forwards between tun0 and its veth, r
+# between its veth and tun0, so they cross r's forward chain too.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +53,16 @@ fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || {
 	echo "bench: BENCH_ROUNDS must be a positive integer" >&2
 	exit 2
+}
+# Workload groups to run (comma-separated): icmp, tcp (direct-path TCP), loss
+# (goodput through the lossy router), proto (protocols 170 and 171).
+ONLY=${BENCH_ONLY:-icmp,tcp,loss,proto}
+[[ $ONLY =~ ^(icmp|tcp|loss|proto)(,(icmp|tcp|loss|proto))*$ ]] || {
+	echo "bench: BENCH_ONLY is a comma-separated list of icmp, tcp, loss, proto" >&2
+	exit 2
+}
+want() {
+	[[ ,$ONLY, == *,$1,* ]]
 }
 
 PFX=ts-bn$$-
@@ -136,7 +150,7 @@ preflight() {
 	[[ ${EUID} -eq 0 ]] || skip_or_die "must run as root (namespaces, TUN devices)"
 	[[ -c /dev/net/tun ]] || skip_or_die "/dev/net/tun is missing"
 	local tool
-	for tool in ip nft ping taskset timeout; do
+	for tool in ip nft ping taskset timeout python3; do
 		command -v "$tool" >/dev/null 2>&1 || die "$tool not installed (bench/deps.sh installs what is missing)"
 	done
 	[[ -x $SMOLTCP_REF && -x $TSBENCH ]] ||
@@ -189,7 +203,11 @@ lab_up() {
 	veth "$NS_C" br-c 198.19.0.5/30 "$NS_R" br-r 198.19.0.6/30
 	veth "$NS_R" bl-r 198.19.0.9/30 "$NS_L" bl-l 198.19.0.10/30
 	nsx "$NS_R" sysctl -qw net.ipv4.ip_forward=1
+	# c forwards too, between its tun0 and r, for node-to-node traffic
+	# (protocols 170/171); r routes the answers back to c's TUN subnet.
+	nsx "$NS_C" sysctl -qw net.ipv4.ip_forward=1
 	ip -n "$NS_C" route add 198.18.1.0/24 via 198.19.0.6
+	ip -n "$NS_R" route add 198.18.0.0/24 via 198.19.0.5
 	ip -n "$NS_C" route add 198.19.0.8/30 via 198.19.0.6
 	ip -n "$NS_L" route add 198.19.0.4/30 via 198.19.0.9
 	# The client opens tens of thousands of short connections: a wide port
@@ -238,7 +256,8 @@ start_server() {
 		if [[ $target == smoltcp ]]; then
 			bg "$ns" "$logf" "$SMOLTCP_REF" --tun tun0 --addr "$cidr"
 		else
-			local args=(node --tun tun0 --addr "$cidr" --no-console --control "$TMP/node-$side.sock")
+			local args=(node --tun tun0 --addr "$cidr" --no-console --control "$TMP/node-$side.sock"
+				--data-dir "$TMP/data-$side")
 			if tunstack_serves; then
 				args+=(--serve echo:7 --serve discard:9 --serve chargen:19 --serve hold:5001)
 			fi
@@ -342,15 +361,51 @@ loss_workloads() {
 	set_loss 0
 }
 
+# proto_gen WORKLOAD ROUND LIMIT_S FIELD UNIT CTL-COMMAND...: runs a bench
+# command (msgbench, filebench) on the node at 198.18.0.2 through `tunstack
+# ctl`; bench/ctljson.py makes FIELD of its JSON the row's value.
+proto_gen() {
+	local w=$1 r=$2 limit=$3 field=$4 unit=$5
+	shift 5
+	run_gen tunstack "$w" "$r" "$limit" python3 "$ROOT/bench/ctljson.py" --value "$field" --unit "$unit" -- \
+		"$TUNSTACK" ctl --control "$TMP/node-direct.sock" "$@"
+}
+
+# proto_workloads TARGET ROUND: protocols 170 and 171 between two tunstack
+# nodes, 198.18.0.2 (c) -> 198.18.1.2 (r), through r's forward chain.
 proto_workloads() {
 	local t=$1 r=$2 w
-	for w in p170_msg_rate p170_msg_latency p171_file_0 p171_file_5; do
-		if [[ $t == tunstack ]]; then
-			na "$t" "$w" "$r" "protocols 170/171 not merged yet (no bench client)"
-		else
+	if [[ $t != tunstack ]]; then
+		for w in p170_msg_rate p170_msg_latency p171_file_0 p171_file_5; do
 			na "$t" "$w" "$r" "tunstack-only protocol"
-		fi
-	done
+		done
+		return
+	fi
+	local peer=198.18.1.2 pid_a pid_b
+	local msgs=500000 lat_msgs=3000 file=500M file5=200M
+	if [[ $MODE == smoke ]]; then
+		msgs=20000 lat_msgs=200 file=5M file5=""
+	fi
+	start_server tunstack direct
+	pid_a=$SERVER_PID
+	start_server tunstack lossy
+	pid_b=$SERVER_PID
+	set_loss 0
+	proto_gen p170_msg_rate "$r" 40 value msg/s msgbench "$peer" --count "$msgs" --size 64 --window 1024 --timeout 30 --json
+	proto_gen p170_msg_latency "$r" 30 latency_median_us µs msgbench "$peer" --count "$lat_msgs" --size 64 --window 1 --timeout 20 --json
+	proto_gen p171_file_0 "$r" 60 value Mbit/s filebench "$peer" --size "$file" --timeout 45 --json
+	rm -f "$TMP"/data-lossy/received/filebench-*
+	if [[ -n $file5 ]]; then
+		set_loss 5
+		proto_gen p171_file_5 "$r" 60 value Mbit/s filebench "$peer" --size "$file5" --timeout 45 --json
+		set_loss 0
+		rm -f "$TMP"/data-lossy/received/filebench-*
+	else
+		na "$t" p171_file_5 "$r" "not in the smoke run"
+	fi
+	stop_pid "$pid_b"
+	stop_pid "$pid_a"
+	SERVER_PID=""
 }
 
 # tcp_probe: empty when the stack at SERVER_ADDR accepts TCP, else a reason.
@@ -363,37 +418,49 @@ tcp_probe() {
 }
 
 run_target() {
-	local t=$1 r=$2 w
+	local t=$1 r=$2 w reason
 	log "round $r: $t"
-	start_server "$t" direct
-	if [[ $MODE == smoke ]]; then
-		icmp "$t" "$r" "$SERVER_ADDR" 200
-	else
-		icmp "$t" "$r" "$SERVER_ADDR" 1000
+	if want icmp || want tcp; then
+		start_server "$t" direct
+		if want icmp; then
+			if [[ $MODE == smoke ]]; then
+				icmp "$t" "$r" "$SERVER_ADDR" 200
+			else
+				icmp "$t" "$r" "$SERVER_ADDR" 1000
+			fi
+		fi
+		if want tcp; then
+			reason=""
+			[[ $t == tunstack ]] && reason=$(tcp_probe)
+			if [[ -n $reason ]]; then
+				for w in bulk_to_stack bulk_from_stack rr_pinned rr_unpinned conn_rate conc_10k; do
+					[[ $MODE == smoke && $w =~ ^(rr_pinned|conn_rate|conc_10k)$ ]] && continue
+					na "$t" "$w" "$r" "$reason"
+				done
+			else
+				tcp_workloads "$t" "$r"
+			fi
+		fi
+		stop_server
 	fi
-	local reason=""
-	[[ $t == tunstack ]] && reason=$(tcp_probe)
-	if [[ -n $reason ]]; then
-		for w in bulk_to_stack bulk_from_stack rr_pinned rr_unpinned conn_rate conc_10k; do
-			[[ $MODE == smoke && $w =~ ^(rr_pinned|conn_rate|conc_10k)$ ]] && continue
-			na "$t" "$w" "$r" "$reason"
-		done
-	else
-		tcp_workloads "$t" "$r"
-	fi
-	stop_server
 
-	start_server "$t" lossy
-	if [[ -n $reason ]]; then
-		for w in "${LOSS_LEVELS[@]}"; do
-			[[ $MODE == smoke && $w != 1 ]] && continue
-			na "$t" "loss_$w" "$r" "$reason"
-		done
-	else
-		loss_workloads "$t" "$r"
+	if want loss; then
+		start_server "$t" lossy
+		reason=""
+		[[ $t == tunstack ]] && reason=$(tcp_probe)
+		if [[ -n $reason ]]; then
+			for w in "${LOSS_LEVELS[@]}"; do
+				[[ $MODE == smoke && $w != 1 ]] && continue
+				na "$t" "loss_$w" "$r" "$reason"
+			done
+		else
+			loss_workloads "$t" "$r"
+		fi
+		stop_server
 	fi
-	stop_server
-	[[ $MODE == smoke ]] || proto_workloads "$t" "$r"
+	if want proto; then
+		proto_workloads "$t" "$r"
+	fi
 }
 
 main() {

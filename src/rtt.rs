@@ -45,6 +45,11 @@ impl RttEstimator {
         self.srtt
     }
 
+    /// The round-trip variation (RFC 6298 RTTVAR); zero before the first sample.
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
     pub fn rto(&self) -> Duration {
         self.rto
     }

@@ -712,3 +712,64 @@ fn test_configured_retries_and_backoff_shape_the_retransmissions() {
         );
     }
 }
+
+/// A flight whose ACKs are all lost is repaired by a probe within a few round trips, not by the
+/// 50 ms retransmission timeout; the probe is not a try.
+#[test]
+fn test_lost_acks_of_a_flight_are_repaired_by_a_probe() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use tunstack::msg::wire::{ty, Header};
+
+    let mut sim = Sim::new(9);
+    let a = sim.add_host(stack(1, 9, 1, &|_| {}));
+    let b = sim.add_host(stack(2, 9, 1, &|_| {}));
+    sim.set_path(a, b, ImpairSpec::parse("delay=1ms").unwrap());
+    let mut log = Log::default();
+    let now = sim.now();
+    sim.host::<Stack>(a)
+        .msg
+        .send_message(now, addr(2), msg("general", 0, 10))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        log.drain(sim, &[a, b]);
+        log.outcomes(a) == 1
+    }));
+    // From now on, B's ACKs are lost until 3 ms from now: every ACK of the next flight.
+    let start = sim.now();
+    let dropping = Rc::new(Cell::new(true));
+    let d = dropping.clone();
+    sim.set_filter(Box::new(move |now, from, _to, pkt| {
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        let is_ack = from == b
+            && pkt[9] == 170
+            && Header::parse(&pkt[ihl..]).is_ok_and(|(h, _)| h.ty == ty::ACK);
+        if now - start >= Duration::from_millis(3) {
+            d.set(false);
+        }
+        !(is_ack && d.get())
+    }));
+    for n in 1..=10 {
+        let now = sim.now();
+        sim.host::<Stack>(a)
+            .msg
+            .send_message(now, addr(2), msg("general", n, 10))
+            .unwrap();
+    }
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        log.drain(sim, &[a, b]);
+        log.outcomes(a) == 11
+    }));
+    let took = sim.now() - start;
+    assert_eq!(log.delivered[&a].len(), 11);
+    assert!(
+        !dropping.get() && sim.stats().filtered > 0,
+        "no ACK was dropped"
+    );
+    let c = sim.host::<Stack>(a).msg.counters().clone();
+    assert!(c.probes >= 1, "{c:?}");
+    assert!(
+        took < Duration::from_millis(20),
+        "repaired after {took:?}: {c:?}"
+    );
+}

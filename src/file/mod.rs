@@ -30,6 +30,9 @@ use wire::{Header, Repr, WireError, DATA_OVERHEAD, HEADER_LEN};
 
 pub const PROTOCOL: u8 = 171;
 
+/// Probes in a row without an ACK of new data; after that only the retransmission timeout acts.
+const MAX_PROBES: u32 = 3;
+
 #[derive(Clone, Debug)]
 pub struct FileConfig {
     pub node_id: u64,
@@ -68,7 +71,7 @@ impl Default for FileConfig {
             initial_window: 16,
             max_window: 2048,
             receive_window: 4096,
-            checkpoint_every: 256,
+            checkpoint_every: 2048,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -167,6 +170,8 @@ pub struct FileCounters {
     pub data_bytes_out: u64,
     pub retransmits: u64,
     pub timeouts: u64,
+    /// Probe timeouts: the oldest packet in flight resent to get an ACK.
+    pub probes: u64,
     pub data_in: u64,
     pub duplicate_chunks: u64,
     pub out_of_window: u64,
@@ -214,10 +219,29 @@ struct Outgoing {
     ssthresh: f64,
     recovery_pn: u32,
     rtt: RttEstimator,
+    /// The last round trip measured (RACK uses the larger of it and the smoothed one).
+    latest_rtt: Duration,
     /// Consecutive timeouts without progress (offers, data or the wait for DONE).
     tries: u32,
     due: Instant,
+    /// When the last DATA left: the probe timeout runs from here.
+    last_send: Instant,
+    /// Probes sent since the last acknowledgement of new data.
+    probes: u32,
     started: Instant,
+}
+
+impl Outgoing {
+    /// The probe timeout: one smoothed round trip plus four deviations (at least 1 ms), doubled
+    /// for each probe already unanswered. Shorter than the retransmission timeout, whose floor
+    /// (`min_rto`) is far above a lab's round trip.
+    fn pto(&self) -> Duration {
+        let base = match self.rtt.srtt() {
+            Some(s) => s + (self.rtt.rttvar() * 4).max(Duration::from_millis(1)),
+            None => self.rtt.rto(),
+        };
+        (base * (1u32 << self.probes.min(10))).min(self.rtt.rto())
+    }
 }
 
 #[derive(Debug)]
@@ -233,6 +257,10 @@ struct Incoming {
     have: RangeSet,
     largest_pn: u32,
     ack_pending: bool,
+    /// DATA packets since the last ACK.
+    since_ack: u32,
+    /// An ACK already left in the middle of this poll's batch.
+    early_ack: bool,
     since_checkpoint: u32,
     last_activity: Instant,
     started: Instant,
@@ -267,6 +295,8 @@ pub struct FileEndpoint {
     chunk_size: u32,
     last_now: Instant,
     buf: Vec<u8>,
+    /// The incoming transfer the packet being handled asks to acknowledge at once.
+    ack_now: Option<(Ipv4Addr, u64)>,
 }
 
 #[derive(Debug)]
@@ -310,6 +340,7 @@ impl FileEndpoint {
             chunk_size: (1500 - 20 - HEADER_LEN - DATA_OVERHEAD) as u32,
             last_now: Instant::ZERO,
             buf: Vec::new(),
+            ack_now: None,
             cfg,
         }
     }
@@ -443,8 +474,11 @@ impl FileEndpoint {
                 ssthresh: self.cfg.max_window as f64,
                 recovery_pn: 0,
                 rtt: RttEstimator::new(self.cfg.initial_rto, self.cfg.min_rto, self.cfg.max_rto),
+                latest_rtt: Duration::ZERO,
                 tries: 0,
                 due: now,
+                last_send: now,
+                probes: 0,
                 started: now,
             },
         );
@@ -710,6 +744,8 @@ impl FileEndpoint {
             have,
             largest_pn: 0,
             ack_pending: false,
+            since_ack: 0,
+            early_ack: false,
             since_checkpoint: 0,
             last_activity: now,
             started: now,
@@ -732,6 +768,7 @@ impl FileEndpoint {
         };
         i.last_activity = now;
         i.ack_pending = true;
+        i.since_ack += 1;
         if pn.wrapping_sub(i.largest_pn) as i32 > 0 || i.largest_pn == 0 {
             i.largest_pn = pn;
         }
@@ -762,6 +799,15 @@ impl FileEndpoint {
             self.replies
                 .push_back((src, OwnedReply::Done(id, 2, reason.clone())));
             return self.fail(id, src, reason);
+        }
+        // ACKs normally leave once per poll, after the whole batch. Two more kinds go at once:
+        // one after the second packet of a batch, so a lost ACK is not the only word the sender
+        // gets about a flight (it would wait for a probe timeout, ~1 ms, hundreds of round
+        // trips here), and past a hole one every second packet (as TCP does out of order), so
+        // the sender learns of the loss sooner.
+        if i.since_ack >= 2 && (!i.early_ack || chunk != i.have.next_missing(0)) {
+            i.early_ack = true;
+            self.ack_now = Some((src, id));
         }
         i.have.insert(chunk, chunk + 1);
         i.since_checkpoint += 1;
@@ -882,27 +928,40 @@ impl FileEndpoint {
         let mut newly = 0u32;
         let mut lost_any = None;
         let mut sample = None;
-        let mut keep = VecDeque::with_capacity(o.inflight.len());
-        for &(pn, chunk, at) in &o.inflight {
+        // A packet sent before `largest` is lost once three later packet numbers arrived, or
+        // (RACK, RFC 8985) once it is older than a round trip and a quarter: with few packets
+        // in flight there may never be three later ones. `inflight` is in packet-number order,
+        // so only its front, up to `largest`, can change.
+        let rack = o.rtt.srtt().unwrap_or(o.rtt.rto()).max(o.latest_rtt);
+        let threshold = rack + rack / 4;
+        let mut kept: Vec<(u32, u32, Instant)> = Vec::new();
+        while let Some(&(pn, chunk, at)) = o.inflight.front() {
+            if (pn.wrapping_sub(largest) as i32) > 0 {
+                break;
+            }
+            o.inflight.pop_front();
             if pn == largest {
                 sample = Some(now - at);
             }
             if o.acked.contains(chunk) {
                 newly += 1;
-            } else if (largest.wrapping_sub(pn) as i32) >= 3 {
-                // Three later packets arrived: this one is lost, not late.
+            } else if largest.wrapping_sub(pn) >= 3 || now - at >= threshold {
                 o.lost.push_back(chunk);
                 lost_any = Some(pn);
             } else {
-                keep.push_back((pn, chunk, at));
+                kept.push((pn, chunk, at));
             }
         }
-        o.inflight = keep;
+        for e in kept.into_iter().rev() {
+            o.inflight.push_front(e);
+        }
         if let Some(s) = sample {
             o.rtt.sample(s);
+            o.latest_rtt = s;
         }
         if newly > 0 {
             o.tries = 0;
+            o.probes = 0;
             o.due = now + o.rtt.rto();
         }
         for _ in 0..newly {
@@ -948,26 +1007,36 @@ impl FileEndpoint {
             .map(|(k, _)| *k)
             .collect();
         for k in keys {
-            let i = self.incoming.get_mut(&k).expect("present");
-            i.ack_pending = false;
-            let cum = i.have.next_missing(0);
-            let ranges: Vec<(u32, u32)> = i
-                .have
-                .ranges()
-                .iter()
-                .filter(|r| r.0 > cum)
-                .take(wire::MAX_RANGES)
-                .copied()
-                .collect();
-            let largest = i.largest_pn;
-            let repr = Repr::Ack {
-                id: k.1,
-                cum,
-                ranges,
-            };
-            self.counters.acks_out += 1;
-            self.send(tx, k.0, 0, largest, &repr);
+            self.send_ack(tx, k);
         }
+        for i in self.incoming.values_mut() {
+            i.early_ack = false;
+        }
+    }
+
+    fn send_ack(&mut self, tx: &mut Tx, k: (Ipv4Addr, u64)) {
+        let Some(i) = self.incoming.get_mut(&k) else {
+            return;
+        };
+        i.ack_pending = false;
+        i.since_ack = 0;
+        let cum = i.have.next_missing(0);
+        let ranges: Vec<(u32, u32)> = i
+            .have
+            .ranges()
+            .iter()
+            .filter(|r| r.0 > cum)
+            .take(wire::MAX_RANGES)
+            .copied()
+            .collect();
+        let largest = i.largest_pn;
+        let repr = Repr::Ack {
+            id: k.1,
+            cum,
+            ranges,
+        };
+        self.counters.acks_out += 1;
+        self.send(tx, k.0, 0, largest, &repr);
     }
 
     /// Timers and data for one outgoing transfer.
@@ -1031,6 +1100,20 @@ impl FileEndpoint {
                 }
             }
             OutState::Sending => {
+                if !o.inflight.is_empty()
+                    && o.due > now
+                    && o.probes < MAX_PROBES
+                    && o.last_send + o.pto() <= now
+                {
+                    // Nothing acknowledged for a probe timeout: the tail of the flight or its
+                    // ACKs were lost. Resend the oldest packet in flight; its ACK tells which
+                    // of the others are missing. The window stays as it is.
+                    self.counters.probes += 1;
+                    o.probes += 1;
+                    let (_, chunk, _) = o.inflight.pop_front().expect("not empty");
+                    o.lost.push_front(chunk);
+                    o.last_send = now;
+                }
                 if !o.inflight.is_empty() && o.due <= now {
                     // Nothing acknowledged for a whole timeout: everything out there is lost.
                     self.counters.timeouts += 1;
@@ -1111,6 +1194,7 @@ impl FileEndpoint {
             if o.inflight.is_empty() {
                 o.due = now + o.rtt.rto();
             }
+            o.last_send = now;
             o.inflight.push_back((pn, c, now));
             let repr = Repr::Data {
                 id,
@@ -1129,9 +1213,12 @@ impl FileEndpoint {
 }
 
 impl Transport for FileEndpoint {
-    fn handle_packet(&mut self, now: Instant, pkt: &IpPacket<'_>, _tx: &mut Tx) -> bool {
+    fn handle_packet(&mut self, now: Instant, pkt: &IpPacket<'_>, tx: &mut Tx) -> bool {
         self.last_now = now;
         self.handle(now, pkt.src(), pkt.payload);
+        if let Some(k) = self.ack_now.take() {
+            self.send_ack(tx, k);
+        }
         true
     }
 
@@ -1184,6 +1271,9 @@ impl Transport for FileEndpoint {
                 t = earliest(t, Some(self.last_now));
             } else if o.state != OutState::Sending || !o.inflight.is_empty() {
                 t = earliest(t, Some(o.due));
+                if o.state == OutState::Sending && o.probes < MAX_PROBES {
+                    t = earliest(t, Some(o.last_send + o.pto()));
+                }
             }
         }
         for i in self.incoming.values() {

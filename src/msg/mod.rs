@@ -33,6 +33,9 @@ use wire::{flags, ty, AckRepr, Header, HelloRepr, WireError, HEADER_LEN};
 /// The IP protocol number.
 pub const PROTOCOL: u8 = 170;
 
+/// Probes in a row without an ACK of new data; after that only the retransmission timer acts.
+const MAX_PROBES: u32 = 2;
+
 #[derive(Clone, Debug)]
 pub struct MsgConfig {
     pub node_name: String,
@@ -62,6 +65,8 @@ pub struct MsgConfig {
     pub max_pending: usize,
     pub max_pending_total: usize,
     /// Segments in flight per peer, and how far ahead of the next expected one a receiver buffers.
+    /// The default stays below the 500-packet queue of a Linux TUN device, so a full window
+    /// waiting while the receiver syncs its inbox is not cut short by the kernel.
     pub window: u32,
     pub max_peers: usize,
     /// Largest `content` accepted, in bytes.
@@ -88,7 +93,7 @@ impl Default for MsgConfig {
             discover_rate: 50,
             max_pending: 4096,
             max_pending_total: 65_536,
-            window: 512,
+            window: 448,
             max_peers: 1024,
             max_message_len: 1 << 20,
             max_probe_queue: 65_536,
@@ -203,6 +208,8 @@ pub struct MsgCounters {
     pub data_out: u64,
     pub retransmits: u64,
     pub fast_retransmits: u64,
+    /// Probe timeouts: the oldest unacknowledged segment resent because no ACK came.
+    pub probes: u64,
     pub duplicates: u64,
     pub out_of_window: u64,
     pub acks_in: u64,
@@ -234,6 +241,8 @@ struct Seg {
     acked: bool,
     /// Set by selective acknowledgement evidence: resend at the next poll.
     lost: bool,
+    /// Resent by a probe: its ACK is no round-trip sample (Karn).
+    probed: bool,
 }
 
 /// `a < b` in sequence space, valid while the two are within 2^31 of each other.
@@ -268,6 +277,10 @@ struct Peer {
     reasm: Vec<u8>,
     reasm_active: bool,
     ack_pending: bool,
+    /// When DATA last left for this peer; the probe timeout runs from here.
+    last_send: Instant,
+    /// Probes sent since the last acknowledgement of new data.
+    probes: u32,
 }
 
 impl Peer {
@@ -295,7 +308,20 @@ impl Peer {
             reasm: Vec::new(),
             reasm_active: false,
             ack_pending: false,
+            last_send: now,
+            probes: 0,
         }
+    }
+
+    /// The probe timeout (RFC 8985 section 7): a smoothed round trip plus four deviations (at
+    /// least 1 ms), doubled per unanswered probe, never beyond the retransmission timeout. Far
+    /// shorter than the RTO, whose 50 ms floor is hundreds of lab round trips.
+    fn pto(&self) -> Duration {
+        let base = match self.rtt.srtt() {
+            Some(s) => s + (self.rtt.rttvar() * 4).max(Duration::from_millis(1)),
+            None => self.rtt.rto(),
+        };
+        (base * (1u32 << self.probes.min(10))).min(self.rtt.rto())
     }
 
     fn timeout(&self, tries: u32, cfg: &MsgConfig) -> Duration {
@@ -314,6 +340,7 @@ impl Peer {
             s.tries = 0;
             s.acked = false;
             s.lost = false;
+            s.probed = false;
         }
         self.stream_start = base;
         self.snd_nxt = base.wrapping_add(self.segs.len() as u32);
@@ -591,6 +618,7 @@ impl MsgEndpoint {
                 tries: 0,
                 acked: false,
                 lost: false,
+                probed: false,
             });
             p.snd_nxt = p.snd_nxt.wrapping_add(1);
         }
@@ -841,12 +869,14 @@ impl MsgEndpoint {
             off(cum).min(sent)
         };
         let mut sample: Option<Duration> = None;
+        let mut newly = false;
         let mut mark = |p: &mut Peer, i: usize| {
             let s = &mut p.segs[i];
             if !s.acked {
                 s.acked = true;
                 s.lost = false;
-                if s.tries == 1 {
+                newly = true;
+                if s.tries == 1 && !s.probed {
                     sample = Some(now - s.last_sent);
                 }
             }
@@ -869,6 +899,9 @@ impl MsgEndpoint {
         }
         if let Some(r) = sample {
             p.rtt.sample(r);
+        }
+        if newly {
+            p.probes = 0;
         }
         // Three later segments held by the receiver are evidence enough that this one was lost.
         if let Some(h) = highest_sacked {
@@ -1005,10 +1038,25 @@ impl MsgEndpoint {
         s.last_sent = now;
         s.lost = false;
         let tries = s.tries;
-        let deadline = now + p.timeout(tries, &self.cfg);
+        p.last_send = now;
+        let deadline = (now + p.timeout(tries, &self.cfg)).min(now + p.pto());
         self.next_timer = crate::time::earliest(self.next_timer, Some(deadline));
         self.counters.data_out += 1;
         self.count_send(r);
+    }
+
+    /// Resends segment `i` as a probe: its tries and timer stay as they are.
+    fn send_probe(&mut self, tx: &mut Tx, now: Instant, addr: Ipv4Addr, i: usize) {
+        let p = self.peers.get_mut(&addr).expect("caller checked");
+        let (tries, last_sent) = (p.segs[i].tries, p.segs[i].last_sent);
+        self.send_seg(tx, now, addr, i);
+        let p = self.peers.get_mut(&addr).expect("present");
+        let s = &mut p.segs[i];
+        s.tries = tries;
+        s.last_sent = last_sent;
+        s.probed = true;
+        p.probes += 1;
+        self.counters.probes += 1;
     }
 
     /// Sends what `addr` is owed: a HELLO answer, an ACK, lost segments, new segments.
@@ -1127,6 +1175,27 @@ impl MsgEndpoint {
             let reason = format!("not acknowledged by {addr} after {tries} tries");
             self.fail_all(addr, &reason);
             return next;
+        }
+        if due.is_empty() && p.probes < MAX_PROBES {
+            // No ACK for a probe timeout while several segments are out: the ones that would
+            // show a hole (or their ACKs) were lost. Resend the oldest unacknowledged one; its
+            // ACK carries the evidence fast retransmission needs. Unlike a timeout, a probe
+            // neither counts as a try nor restarts the segment's own timer. A lone segment is
+            // left to its timer: a probe would only be an early retransmission of it.
+            let mut out = (0..p.next_unsent).filter(|&i| !p.segs[i].acked && p.segs[i].tries > 0);
+            let first = out.next().filter(|_| out.next().is_some());
+            if let Some(i) = first {
+                let at = p.last_send + p.pto();
+                if at > now {
+                    next = crate::time::earliest(next, Some(at));
+                } else if tx.room() == 0 {
+                    return Some(now + Duration::from_millis(1));
+                } else {
+                    self.send_probe(tx, now, addr, i);
+                    let p = &self.peers[&addr];
+                    next = crate::time::earliest(next, Some(p.last_send + p.pto()));
+                }
+            }
         }
         for i in due {
             if tx.room() == 0 {

@@ -106,6 +106,18 @@ pub const VERBS: &[Verb] = &[
         run: super::msg_commands::discover,
     },
     Verb {
+        name: "msgbench",
+        usage: "msgbench IP [--count N] [--size B] [--window W] [--json]",
+        help: "benchmark protocol 170: acknowledged messages/s and latency to a peer",
+        run: super::bench_commands::msgbench,
+    },
+    Verb {
+        name: "filebench",
+        usage: "filebench IP [--size BYTES | --file PATH] [--json]",
+        help: "benchmark protocol 171: send a file to a peer (which keeps it) and report Mbit/s",
+        run: super::bench_commands::filebench,
+    },
+    Verb {
         name: "relay",
         usage: "relay [--json]",
         help: "relay mesh (when a relay server runs here): servers, users, forwarding counters",

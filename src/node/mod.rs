@@ -6,6 +6,7 @@
 //! they queued leaves at once. Waiting callers sleep on a condition variable the loop signals after
 //! every batch of packets.
 
+mod bench_commands;
 pub mod clock;
 pub mod commands;
 mod file_commands;

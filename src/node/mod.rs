@@ -133,11 +133,12 @@ impl Node {
 
     /// Runs the stack's timers and every app.
     pub fn poll(&mut self, now: Instant) {
-        self.stack.poll(now);
+        // Apps first: they read what this turn's packets delivered and write their answers, so
+        // the one pass of the transports that follows sends a single ACK per connection that
+        // carries the answer and the reopened window.
         for app in &mut self.apps {
             app.poll(now, &mut self.stack);
         }
-        // Apps may have queued data: let the transports send it in this same wake-up.
         self.stack.poll(now);
         self.messaging.pump(&mut self.stack);
         self.files.pump(&mut self.stack, &mut self.messaging.inbox);

@@ -144,6 +144,8 @@ pub(super) struct Conn {
     close_at: Option<Instant>,
 
     ack_now: bool,
+    /// The ACK must leave before the rest of the batch is read (loss signals).
+    pub ack_at_once: bool,
     ack_pending: bool,
     unacked_segs: u32,
 
@@ -253,6 +255,7 @@ impl Conn {
             keepalive_probe: false,
             close_at: None,
             ack_now: false,
+            ack_at_once: false,
             ack_pending: false,
             unacked_segs: 0,
             cc: cc::new(cfg.congestion, 536),
@@ -1054,6 +1057,7 @@ impl Conn {
             // full-sized segment, and at once when a hole was filled.
             if had_holes || self.unacked_segs >= 2 || env.cfg.delayed_ack.is_zero() {
                 self.ack_now = true;
+                self.ack_at_once |= had_holes;
             } else if !self.ack_pending {
                 self.ack_pending = true;
                 self.delack_at = Some(env.now + env.cfg.delayed_ack);
@@ -1065,8 +1069,11 @@ impl Conn {
                 env.counters.ooo_dropped += 1;
             }
             // RFC 5681 section 4.2: an out-of-order segment is acknowledged at once, so the
-            // sender sees duplicate ACKs (and SACK blocks) without delay.
+            // sender sees duplicate ACKs (and SACK blocks) without delay. Not even the end of
+            // the batch waits: one ACK can name only three SACK blocks, and a duplicate ACK
+            // per segment is what tells the sender about every one of them.
             self.ack_now = true;
+            self.ack_at_once = true;
         }
     }
 

@@ -955,12 +955,26 @@ impl Tcp {
             return;
         };
         let reply = c.process(&mut env, h, payload);
-        c.dispatch(&mut env, tx);
+        // Output waits for the end of the batch (`poll`): the in-order segments the driver read
+        // in one wake-up are answered by one ACK, not one per two segments, and that ACK
+        // carries what the application wrote and the window it opened meanwhile (GRO does the
+        // same for the kernel's TCP). RFC 9293 section 3.8.6.3 bounds only how long an ACK may
+        // wait, and a batch is well under a millisecond. Loss signals do not wait.
+        // A segment without data is the sender's side of the exchange (ACKs, SACKs): what it
+        // allows goes out at once, keeping the ACK clock as fine-grained as the peer made it.
+        let at_once =
+            std::mem::take(&mut c.ack_at_once) || !c.is_synchronized() || payload.is_empty();
+        if at_once {
+            c.dispatch(&mut env, tx);
+        }
         let (local, remote) = (c.local, c.remote);
         if let Reply::Rst { seq, ack, reason } = reply {
             c.events.push(env.now, EventKind::RstSent { reason });
             c.reset = Some(reason);
             self.send_rst(tx, local.port(), remote, seq, ack);
+        }
+        if !at_once {
+            self.mark_dirty(i);
         }
         self.settle(i);
     }

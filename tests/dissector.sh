@@ -3,7 +3,7 @@
 #
 # Builds and runs examples/capture_protocols.rs (two stacks in the simulator exchanging messages
 # and the file notes.txt), reads the pcap with tshark and the dissector, and checks decoded field
-# values: message content/sender/channel, HELLO names, ACKs, the file OFFER, DATA offsets, DONE,
+# values: message id/content/sender/channel, HELLO names, ACKs, the file OFFER, DATA offsets, DONE,
 # CRC-32C status on every packet, the Info column. Then flips one payload byte in a copy of the
 # capture and checks that exactly that packet shows its CRC as incorrect, with an expert info.
 #
@@ -103,15 +103,19 @@ check "CRC shown as [correct]" "$total" "$(grep -c 'CRC-32C: 0x[0-9a-f]* \[corre
 hello=$(fields "$pcap" 'tunstack.msg.content == "hello dissector"' \
 	tunstack.msg.type tunstack.msg.sender tunstack.msg.channel tunstack.msg.timestamp \
 	tunstack.msg.is_file tunstack.msg.content_length tunstack.msg.flags.first tunstack.msg.flags.last \
-	tunstack.msg.node_id | head -1)
-check "message content/sender/channel/timestamp" \
-	"1|alice|lab|2026-01-01T00:00:00Z|0|15|1|1|0x0000000000001001" "$hello"
+	tunstack.msg.node_id tunstack.msg.message_id | head -1)
+check "message content/sender/channel/timestamp/message id" \
+	"1|alice|lab|2026-01-01T00:00:00Z|0|15|1|1|0x0000000000001001|1" "$hello"
 check "Info column of the message" 1 \
 	"$(ts "$pcap" -Y 'tunstack.msg.type == 1' | grep -c 'MSG DATA seq=0 \[SYN,FIRST,LAST\] alice@lab "hello dissector"' || true)"
-check "message from beta" "bob|lab" "$(fields "$pcap" 'tunstack.msg.content == "hi alice"' tunstack.msg.sender tunstack.msg.channel)"
+check "message from beta" "bob|lab|1" \
+	"$(fields "$pcap" 'tunstack.msg.content == "hi alice"' tunstack.msg.sender tunstack.msg.channel tunstack.msg.message_id | head -1)"
+# Message ids count per sender: alpha's second message is its id 2.
+check "message id of alpha's second message" 2 \
+	"$(fields "$pcap" 'tunstack.msg.content == "second message"' tunstack.msg.message_id | head -1)"
 # The 3200-byte message spans three segments and is reassembled at its LAST one.
-check "long message reassembled" "3|bulk|3200" \
-	"$(fields "$pcap" 'tunstack.msg.segment_count' tunstack.msg.segment_count tunstack.msg.channel tunstack.msg.content_length)"
+check "long message reassembled" "3|bulk|3200|3" \
+	"$(fields "$pcap" 'tunstack.msg.segment_count' tunstack.msg.segment_count tunstack.msg.channel tunstack.msg.content_length tunstack.msg.message_id)"
 check "HELLO names" "alpha,beta" \
 	"$(fields "$pcap" 'tunstack.msg.type == 3' tunstack.msg.hello.name | sort -u | paste -sd,)"
 check "HELLO REQUEST and ECHO flags" "2|2" \

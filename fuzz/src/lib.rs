@@ -771,9 +771,9 @@ fn check_msg_payload(ty: u8, p: &[u8], must: bool) {
         _ => {}
     }
     // DATA segments carry slices of an encoded message; whole ones decode on their own.
-    if let Ok((content, sender, channel, ts, is_file)) = mwire::message::decode(p) {
+    if let Ok(m) = mwire::message::decode(p) {
         let mut b = Vec::new();
-        mwire::message::encode(&mut b, content, sender, channel, ts, is_file);
+        mwire::message::encode(&mut b, &m);
         assert_eq!(b, p, "message encoding re-emits differently");
     }
 }

@@ -14,11 +14,16 @@
 //! - A packet whose sender epoch is lower is from a previous life of the peer and is dropped.
 //! - DATA must name our current epoch; otherwise it was meant for our previous life (or the
 //!   sender does not know us yet) and we answer with a HELLO so the sender learns our epoch.
+//! - A complete message carries its sender's id for it; a receiver delivers it only if it is past
+//!   the highest one delivered from that sender life ([`marks`]). The node persists those marks
+//!   with its inbox and hands them back ([`MsgEndpoint::restore_delivered`]) after a restart, so
+//!   a message delivered just before a crash is acknowledged again but not delivered twice.
 //!
 //! Method kinds: `send_message`/`add_peer`/`discover` are commands, `handle_packet` is input,
 //! `poll` sends what is ready and runs timers, `poll_event` drains outcomes, `poll_at` is the
 //! next deadline.
 
+pub mod marks;
 pub mod wire;
 
 use crate::ip::{IcmpError, IpPacket, Transport, Tx};
@@ -29,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use wire::{flags, ty, AckRepr, Header, HelloRepr, WireError, HEADER_LEN};
+
+pub use marks::{DeliveredMarks, Origin};
 
 /// The IP protocol number.
 pub const PROTOCOL: u8 = 170;
@@ -120,6 +127,8 @@ pub enum MsgEvent {
     Received {
         from: Ipv4Addr,
         msg: Message,
+        /// Who sent it and under which id: what a node persists to restore the marks with.
+        origin: Origin,
     },
     Delivered {
         id: MessageId,
@@ -211,6 +220,9 @@ pub struct MsgCounters {
     /// Probe timeouts: the oldest unacknowledged segment resent because no ACK came.
     pub probes: u64,
     pub duplicates: u64,
+    /// Complete messages not delivered because their sender life's mark showed them delivered
+    /// already (sent again after this receiver restarted); acknowledged all the same.
+    pub duplicate_messages: u64,
     pub out_of_window: u64,
     pub acks_in: u64,
     pub acks_out: u64,
@@ -364,6 +376,8 @@ pub struct MsgEndpoint {
     dirty: Vec<Ipv4Addr>,
     events: VecDeque<MsgEvent>,
     counters: MsgCounters,
+    /// The last message delivered per sender life, so a resent one is not delivered twice.
+    delivered: DeliveredMarks,
     next_id: u64,
     total_pending: usize,
     seg_size: usize,
@@ -402,6 +416,7 @@ impl MsgEndpoint {
             dirty: Vec::new(),
             events: VecDeque::new(),
             counters: MsgCounters::default(),
+            delivered: DeliveredMarks::new(cfg.max_peers),
             next_id: 1,
             total_pending: 0,
             seg_size: 1500 - 20 - HEADER_LEN,
@@ -433,6 +448,18 @@ impl MsgEndpoint {
 
     pub fn counters(&self) -> &MsgCounters {
         &self.counters
+    }
+
+    /// Restores what a previous life of this node delivered (the origins of its last messages,
+    /// oldest first, as its inbox log lists them). Call before the first packet: a message
+    /// delivered before a crash whose ACK never left is then acknowledged but not delivered again.
+    pub fn restore_delivered(&mut self, marks: impl IntoIterator<Item = Origin>) {
+        self.delivered.restore(marks);
+    }
+
+    /// The highest message delivered per sender (at most `max_peers` senders), oldest first.
+    pub fn delivered_marks(&self) -> Vec<Origin> {
+        self.delivered.marks()
     }
 
     pub fn poll_event(&mut self) -> Option<MsgEvent> {
@@ -589,11 +616,14 @@ impl MsgEndpoint {
         enc.clear();
         wire::message::encode(
             &mut enc,
-            &msg.content,
-            &msg.sender,
-            &msg.channel_id,
-            &msg.timestamp,
-            msg.is_file,
+            &wire::message::Fields {
+                id: id.0,
+                content: &msg.content,
+                sender: &msg.sender,
+                channel: &msg.channel_id,
+                timestamp: &msg.timestamp,
+                is_file: msg.is_file,
+            },
         );
         let seg_size = self.seg_size;
         let n = enc.len().div_ceil(seg_size);
@@ -842,16 +872,19 @@ impl MsgEndpoint {
             }
             return;
         }
-        let mut events = std::mem::take(&mut self.events);
-        let c = &mut self.counters;
-        deliver(p, src, f, data, max_len, &mut events, c);
+        let mut out = Deliveries {
+            events: &mut self.events,
+            counters: &mut self.counters,
+            marks: &mut self.delivered,
+            max_len,
+        };
+        deliver(p, src, f, data, &mut out);
         let mut next = next.wrapping_add(1);
         while let Some((f, d)) = p.ooo.remove(&next) {
-            deliver(p, src, f, &d, max_len, &mut events, c);
+            deliver(p, src, f, &d, &mut out);
             next = next.wrapping_add(1);
         }
         p.rcv_next = Some(next);
-        self.events = events;
     }
 
     fn process_ack(&mut self, now: Instant, src: Ipv4Addr, cum: u32, ranges: &[(u32, u32)]) {
@@ -1229,16 +1262,20 @@ impl MsgConfig {
     }
 }
 
-/// Appends one in-order segment to the message being reassembled and emits it when complete.
-fn deliver(
-    p: &mut Peer,
-    src: Ipv4Addr,
-    f: u8,
-    data: &[u8],
+/// Where `deliver` puts what it completes, borrowed from the endpoint beside the peer.
+struct Deliveries<'a> {
+    events: &'a mut VecDeque<MsgEvent>,
+    counters: &'a mut MsgCounters,
+    marks: &'a mut DeliveredMarks,
+    /// The largest encoded message accepted.
     max_len: usize,
-    events: &mut VecDeque<MsgEvent>,
-    c: &mut MsgCounters,
-) {
+}
+
+/// Appends one in-order segment to the message being reassembled and emits it when complete,
+/// unless the peer's mark shows it delivered already.
+fn deliver(p: &mut Peer, src: Ipv4Addr, f: u8, data: &[u8], out: &mut Deliveries<'_>) {
+    let c = &mut *out.counters;
+    let max_len = out.max_len;
     let whole: &[u8];
     if f & flags::FIRST != 0 && f & flags::LAST != 0 {
         // The common case needs no copy.
@@ -1265,17 +1302,28 @@ fn deliver(
         whole = &p.reasm;
     }
     match wire::message::decode(whole) {
-        Ok((content, sender, channel, ts, is_file)) => {
+        Ok(m) => {
+            // The session's node id and epoch are the header's: `handle` set them before DATA.
+            let origin = Origin {
+                node_id: p.node_id,
+                epoch: p.epoch,
+                id: MessageId(m.id),
+            };
+            if !out.marks.admit(origin) {
+                c.duplicate_messages += 1;
+                return;
+            }
             c.messages_received += 1;
-            events.push_back(MsgEvent::Received {
+            out.events.push_back(MsgEvent::Received {
                 from: src,
                 msg: Message {
-                    content: content.to_string(),
-                    sender: sender.to_string(),
-                    channel_id: channel.to_string(),
-                    timestamp: ts.to_string(),
-                    is_file,
+                    content: m.content.to_string(),
+                    sender: m.sender.to_string(),
+                    channel_id: m.channel.to_string(),
+                    timestamp: m.timestamp.to_string(),
+                    is_file: m.is_file,
                 },
+                origin,
             });
         }
         Err(_) => c.messages_malformed += 1,

@@ -336,42 +336,60 @@ impl HelloRepr {
 /// A message as it travels: the bytes that DATA segments carry, split wherever the MTU says.
 ///
 /// ```text
-/// u16 channel length, channel | u16 sender length, sender | u8 timestamp length, timestamp |
-/// u8 is_file (0/1) | u32 content length, content
+/// u64 message id | u16 channel length, channel | u16 sender length, sender |
+/// u8 timestamp length, timestamp | u8 is_file (0/1) | u32 content length, content
 /// ```
+///
+/// The message id is the sender's own (`MessageId`, increasing per sender life). Sequence
+/// numbers change when the sender renumbers a stream after the receiver restarted; the id does
+/// not, so with the header's node id and boot epoch it names the message across that restart and
+/// the receiver can refuse one it delivered in its previous life.
 pub mod message {
     use super::{Reader, WireError, Writer};
 
-    pub fn encoded_len(content: &str, sender: &str, channel: &str, timestamp: &str) -> usize {
-        2 + channel.len() + 2 + sender.len() + 1 + timestamp.len() + 1 + 4 + content.len()
+    /// A message's fields as they are on the wire, borrowed from the bytes or from the caller.
+    #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+    pub struct Fields<'a> {
+        pub id: u64,
+        pub content: &'a str,
+        pub sender: &'a str,
+        pub channel: &'a str,
+        pub timestamp: &'a str,
+        pub is_file: bool,
+    }
+
+    pub fn encoded_len(m: &Fields<'_>) -> usize {
+        8 + 2
+            + m.channel.len()
+            + 2
+            + m.sender.len()
+            + 1
+            + m.timestamp.len()
+            + 1
+            + 4
+            + m.content.len()
     }
 
     /// The caller has checked that the strings fit their length fields.
-    pub fn encode(
-        out: &mut Vec<u8>,
-        content: &str,
-        sender: &str,
-        channel: &str,
-        timestamp: &str,
-        is_file: bool,
-    ) {
+    pub fn encode(out: &mut Vec<u8>, m: &Fields<'_>) {
         let start = out.len();
-        out.resize(start + encoded_len(content, sender, channel, timestamp), 0);
+        out.resize(start + encoded_len(m), 0);
         let mut w = Writer::new(&mut out[start..]);
-        w.str16(channel);
-        w.str16(sender);
-        w.str8(timestamp);
-        w.u8(is_file as u8);
-        w.u32(content.len() as u32);
-        w.bytes(content.as_bytes());
+        w.u64(m.id);
+        w.str16(m.channel);
+        w.str16(m.sender);
+        w.str8(m.timestamp);
+        w.u8(m.is_file as u8);
+        w.u32(m.content.len() as u32);
+        w.bytes(m.content.as_bytes());
     }
 
-    /// `(content, sender, channel, timestamp, is_file)`
-    pub fn decode(b: &[u8]) -> Result<(&str, &str, &str, &str, bool), WireError> {
+    pub fn decode(b: &[u8]) -> Result<Fields<'_>, WireError> {
         let mut r = Reader::new(b);
+        let id = r.u64()?;
         let channel = r.str16()?;
         let sender = r.str16()?;
-        let ts = r.str8()?;
+        let timestamp = r.str8()?;
         let is_file = match r.u8()? {
             0 => false,
             1 => true,
@@ -382,7 +400,14 @@ pub mod message {
         if !r.is_empty() {
             return Err(WireError::BadPayload);
         }
-        Ok((content, sender, channel, ts, is_file))
+        Ok(Fields {
+            id,
+            content,
+            sender,
+            channel,
+            timestamp,
+            is_file,
+        })
     }
 }
 
@@ -506,15 +531,33 @@ mod tests {
 
     #[test]
     fn test_message_encoding_literal() {
+        let m = message::Fields {
+            id: 0x0102_0304_0506_0708,
+            content: "hi",
+            sender: "al",
+            channel: "c",
+            timestamp: "T",
+            is_file: true,
+        };
         let mut out = Vec::new();
-        message::encode(&mut out, "hi", "al", "c", "T", true);
+        message::encode(&mut out, &m);
         let lit = [
-            0, 1, b'c', 0, 2, b'a', b'l', 1, b'T', 1, 0, 0, 0, 2, b'h', b'i',
+            1, 2, 3, 4, 5, 6, 7, 8, // message id
+            0, 1, b'c', // channel
+            0, 2, b'a', b'l', // sender
+            1, b'T', // timestamp
+            1,    // is_file
+            0, 0, 0, 2, b'h', b'i', // content
         ];
         assert_eq!(out, lit);
-        assert_eq!(message::decode(&lit).unwrap(), ("hi", "al", "c", "T", true));
+        assert_eq!(message::encoded_len(&m), lit.len());
+        assert_eq!(message::decode(&lit).unwrap(), m);
         let mut bad = lit;
-        bad[9] = 7;
-        assert!(message::decode(&bad).is_err());
+        bad[17] = 7;
+        assert!(message::decode(&bad).is_err(), "is_file 7 accepted");
+        assert!(
+            message::decode(&lit[..7]).is_err(),
+            "a cut message id accepted"
+        );
     }
 }

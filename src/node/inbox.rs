@@ -5,8 +5,15 @@
 //! [`Inbox::commit`] (one `fdatasync` for the whole batch) before it writes the turn's packets,
 //! the ACKs included, to the device. So a message whose ACK left is on disk: group commit keeps
 //! the message rate high while a SIGKILL loses nothing that was acknowledged.
+//!
+//! Exactly once across a crash: each protocol-170 entry records its origin (sender node id,
+//! sender boot epoch, the sender's message id). [`Inbox::open`] rebuilds from the whole log the
+//! highest origin per sender, and the node hands them to the endpoint before any packet arrives,
+//! so a message logged just before a crash, whose ACK never left, is recognised when the sender
+//! sends it again under a new sequence number. Lines written before origins were logged lack
+//! them and are read as before.
 
-use crate::msg::Message;
+use crate::msg::{DeliveredMarks, Message, Origin};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -22,7 +29,15 @@ pub struct InboxEntry {
     pub received_at: String,
     #[serde(flatten)]
     pub msg: Message,
+    /// The protocol-170 sender's identity for the message; none for file notes and for lines
+    /// written before it was logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
+
+/// Senders whose last delivered message the inbox remembers: far more than a lab's nodes, and a
+/// bound however many sender identities a long-lived log has seen.
+const MARK_MEMORY: usize = 65_536;
 
 pub struct Inbox {
     entries: VecDeque<InboxEntry>,
@@ -31,6 +46,8 @@ pub struct Inbox {
     log: Option<BufWriter<File>>,
     path: Option<PathBuf>,
     dirty: bool,
+    /// The origin of the last message logged per sender, kept up to date as messages arrive.
+    marks: DeliveredMarks,
     /// Failures to write the log (the message stays in memory; logged once per failure).
     pub write_errors: u64,
 }
@@ -45,12 +62,13 @@ impl Inbox {
             log: None,
             path: None,
             dirty: false,
+            marks: DeliveredMarks::new(MARK_MEMORY),
             write_errors: 0,
         }
     }
 
-    /// Opens (or creates) `dir/inbox.log`, loading the last `capacity` entries. A torn last line
-    /// from a crash is skipped.
+    /// Opens (or creates) `dir/inbox.log`, loading the last `capacity` entries and the delivery
+    /// marks of all of them. A torn last line from a crash is skipped.
     pub fn open(dir: &Path, capacity: usize) -> io::Result<Inbox> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("inbox.log");
@@ -60,6 +78,9 @@ impl Inbox {
                 let Ok(line) = line else { break };
                 if let Ok(e) = serde_json::from_str::<InboxEntry>(&line) {
                     inbox.next_index = inbox.next_index.max(e.index + 1);
+                    if let Some(o) = e.origin {
+                        inbox.marks.admit(o);
+                    }
                     inbox.remember(e);
                 }
             }
@@ -87,13 +108,38 @@ impl Inbox {
         self.path.as_deref()
     }
 
-    /// Adds a received message; durable after the next `commit`.
+    /// Adds a message that has no protocol-170 origin (a file note); durable after the next
+    /// `commit`.
     pub fn push(&mut self, from: Ipv4Addr, received_at: String, msg: Message) -> u64 {
+        self.append(from, received_at, msg, None)
+    }
+
+    /// Adds a message protocol 170 delivered, with its origin so that a restart can restore the
+    /// endpoint's marks; durable after the next `commit`, which comes before its ACK leaves.
+    pub fn push_delivered(
+        &mut self,
+        from: Ipv4Addr,
+        received_at: String,
+        msg: Message,
+        origin: Origin,
+    ) -> u64 {
+        self.marks.admit(origin);
+        self.append(from, received_at, msg, Some(origin))
+    }
+
+    fn append(
+        &mut self,
+        from: Ipv4Addr,
+        received_at: String,
+        msg: Message,
+        origin: Option<Origin>,
+    ) -> u64 {
         let e = InboxEntry {
             index: self.next_index,
             from,
             received_at,
             msg,
+            origin,
         };
         self.next_index += 1;
         if let Some(w) = self.log.as_mut() {
@@ -127,6 +173,12 @@ impl Inbox {
     /// Entries with an index above `after`, oldest first.
     pub fn since(&self, after: u64) -> impl Iterator<Item = &InboxEntry> {
         self.entries.iter().filter(move |e| e.index > after)
+    }
+
+    /// The origin of the last message logged per sender, oldest first: what
+    /// `MsgEndpoint::restore_delivered` takes.
+    pub fn delivered_marks(&self) -> Vec<Origin> {
+        self.marks.marks()
     }
 
     pub fn last_index(&self) -> u64 {
@@ -194,6 +246,66 @@ mod tests {
             .map(|e| (e.index, e.msg.content.clone()))
             .collect();
         assert_eq!(got, vec![(2, "two".to_string()), (3, "three".to_string())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn origin(node_id: u64, epoch: u64, id: u64) -> Origin {
+        Origin {
+            node_id,
+            epoch,
+            id: crate::msg::MessageId(id),
+        }
+    }
+
+    #[test]
+    fn test_delivery_marks_survive_reopen_beyond_memory_and_old_lines() {
+        let dir = std::env::temp_dir().join(format!("tunstack-marks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A line from before origins were logged: still read, contributes no mark.
+        std::fs::write(
+            dir.join("inbox.log"),
+            concat!(
+                r#"{"index":1,"from":"198.18.0.1","received_at":"t","content":"old","#,
+                r#""sender":"a","channel_id":"general","timestamp":"t","is_file":false}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        let b = Ipv4Addr::new(198, 18, 0, 2);
+        {
+            let mut ib = Inbox::open(&dir, 2).unwrap();
+            assert_eq!(ib.since(0).next().unwrap().origin, None);
+            assert!(ib.delivered_marks().is_empty());
+            ib.push_delivered(a, "t".into(), msg("a1"), origin(7, 100, 1));
+            ib.push_delivered(b, "t".into(), msg("b1"), origin(9, 50, 4));
+            ib.push_delivered(a, "t".into(), msg("a2"), origin(7, 100, 2));
+            // A file note has no origin and leaves the marks alone.
+            ib.push(a, "t".into(), msg("file note"));
+            ib.commit();
+        }
+        // Memory holds two entries, but the marks come from the whole log.
+        let mut ib = Inbox::open(&dir, 2).unwrap();
+        assert_eq!(ib.len(), 2);
+        assert_eq!(
+            ib.delivered_marks(),
+            vec![origin(9, 50, 4), origin(7, 100, 2)]
+        );
+        let a2 = ib.since(0).next().unwrap();
+        assert_eq!(
+            (a2.msg.content.as_str(), a2.origin),
+            ("a2", Some(origin(7, 100, 2)))
+        );
+        // The sender restarted (a new epoch): its mark moves to the new life.
+        ib.push_delivered(a, "t".into(), msg("a1 again"), origin(7, 101, 1));
+        ib.commit();
+        let ib = Inbox::open(&dir, 2).unwrap();
+        assert_eq!(
+            ib.delivered_marks(),
+            vec![origin(9, 50, 4), origin(7, 101, 1)]
+        );
+        assert_eq!(ib.last_index(), 6);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

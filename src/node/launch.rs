@@ -332,6 +332,9 @@ pub fn launch<E: From<LaunchError>>(
         cfg.impair_out.clone(),
         cfg.impair_rules.clone(),
     );
+    // Before the loop reads a packet: a message the previous life logged but never acknowledged
+    // must be recognised when the sender sends it again.
+    node.stack.msg.restore_delivered(inbox.delivered_marks());
     node.messaging = Messaging::new(inbox, rfc3339_now);
     if let Some(dir) = &cfg.data_dir {
         let store = DiskStore::new(dir).map_err(|e| LaunchError::DataDir {

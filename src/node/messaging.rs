@@ -84,9 +84,9 @@ impl Messaging {
         let mut at: Option<String> = None;
         while let Some(ev) = stack.msg.poll_event() {
             match ev {
-                MsgEvent::Received { from, msg } => {
+                MsgEvent::Received { from, msg, origin } => {
                     let at = at.get_or_insert_with(self.wall_clock).clone();
-                    self.inbox.push(from, at, msg);
+                    self.inbox.push_delivered(from, at, msg, origin);
                 }
                 MsgEvent::Delivered { id, to } => {
                     self.set_outcome(id, SendOutcome::Delivered { to });

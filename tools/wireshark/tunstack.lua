@@ -289,6 +289,7 @@ mf.segment = ProtoField.bytes("tunstack.msg.segment", "Segment data")
 mf.segment_len = ProtoField.uint32("tunstack.msg.segment_length", "Segment length", base.DEC)
 mf.reassembled_in = ProtoField.framenum("tunstack.msg.reassembled_in", "Message completed in frame")
 mf.segments = ProtoField.uint32("tunstack.msg.segment_count", "Segments in message", base.DEC)
+mf.message_id = ProtoField.uint64("tunstack.msg.message_id", "Message id (sender's, kept when renumbered)", base.DEC)
 mf.channel_len = ProtoField.uint16("tunstack.msg.channel_length", "Channel length", base.DEC)
 mf.channel = ProtoField.string("tunstack.msg.channel", "Channel", base.UNICODE)
 mf.sender_len = ProtoField.uint16("tunstack.msg.sender_length", "Sender length", base.DEC)
@@ -342,12 +343,13 @@ function msg_proto.init()
     completed_in = {}
 end
 
--- Decodes an encoded message (channel, sender, timestamp, is_file, content) from `tvb` into
+-- Decodes an encoded message (id, channel, sender, timestamp, is_file, content) from `tvb` into
 -- `tree`. `whole` says the bytes should be the complete message. Returns a table of what could be
 -- read and whether it was complete.
 local function dissect_message(tvb, tree, whole)
     local r = cursor(tvb, 0, tvb:len())
     local m = {}
+    m.id = add_uint(tree, r, mf.message_id, 8)
     m.channel = add_str(tree, r, mf.channel_len, mf.channel, 2)
     m.sender = add_str(tree, r, mf.sender_len, mf.sender, 2)
     m.timestamp = add_str(tree, r, mf.timestamp_len, mf.timestamp, 1)

@@ -142,6 +142,8 @@ impl Node {
         self.stack.poll(now);
         self.messaging.pump(&mut self.stack);
         self.files.pump(&mut self.stack, &mut self.messaging.inbox);
+        // What the pumps queued (file chunks, messages) leaves in this same wake-up.
+        self.stack.poll(now);
     }
 
     /// Makes durable what this turn received (one fsync for the batch). The driver calls it

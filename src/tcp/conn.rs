@@ -120,6 +120,9 @@ pub(super) struct Conn {
     asm: Assembler,
     rx_fin: Option<SeqNumber>,
     pub rx_closed: bool,
+    /// Data that arrived twice, reported once as the first SACK block (RFC 2883 D-SACK): it
+    /// tells the sender a retransmission was spurious, so it can undo the window reduction.
+    dsack: Option<(SeqNumber, SeqNumber)>,
 
     smss: usize,
     our_mss: u16,
@@ -235,6 +238,7 @@ impl Conn {
             asm: Assembler::new(),
             rx_fin: None,
             rx_closed: false,
+            dsack: None,
             smss: 536,
             our_mss,
             ts_ok: false,
@@ -569,6 +573,9 @@ impl Conn {
                 if !rst {
                     self.ack_now = true;
                     env.counters.out_of_window += 1;
+                    if self.sack_ok && !payload.is_empty() && seq + payload.len() <= self.rcv_nxt {
+                        self.dsack = Some((seq, seq + payload.len()));
+                    }
                     if self.state == TcpState::TimeWait && fin {
                         self.close_at = Some(env.now + env.cfg.time_wait);
                     }
@@ -619,6 +626,9 @@ impl Conn {
         // dropped along with a FIN that would follow it.
         if seq < self.rcv_nxt {
             let skip = self.rcv_nxt.since(seq).min(payload.len());
+            if skip > 0 && self.sack_ok {
+                self.dsack = Some((seq, seq + skip));
+            }
             payload = &payload[skip..];
             seq += skip;
         }
@@ -1646,8 +1656,11 @@ impl Conn {
             urgent: 0,
             options,
         };
-        if self.sack_ok && !syn && !self.asm.is_empty() {
+        if self.sack_ok && !syn && (self.dsack.is_some() || !self.asm.is_empty()) {
             let mut with_sack = h.options;
+            if let Some(d) = self.dsack.take() {
+                with_sack.push_sack(d);
+            }
             self.asm.sack_blocks(&mut with_sack);
             let mut trial = h;
             trial.options = with_sack;

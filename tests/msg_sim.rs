@@ -904,3 +904,43 @@ fn test_lost_acks_of_a_flight_are_repaired_by_a_probe() {
         "repaired after {took:?}: {c:?}"
     );
 }
+
+#[test]
+fn test_new_node_at_the_same_address_and_epoch_gets_a_new_stream() {
+    // B is replaced by another node (another node id) that booted within the same second, so
+    // with the same epoch: A's next DATA continues the old stream, which the new node never
+    // saw opened. Its HELLO (our node id) makes A open a new stream instead of resending the
+    // middle of the old one until the message fails.
+    let mut sim = Sim::new(7);
+    let a = sim.add_host(stack(1, 7, 1, &|_| {}));
+    let b = sim.add_host(stack(2, 7, 1, &|_| {}));
+    let mut log = Log::default();
+    for k in 0..5 {
+        let now = sim.now();
+        sim.host::<Stack>(a)
+            .msg
+            .send_message(now, addr(2), msg("general", k, 30))
+            .unwrap();
+    }
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        log.drain(sim, &[a, b]);
+        log.outcomes(a) == 5
+    }));
+    sim.replace_host(b, stack(2, 8, 1, &|c| c.node_id = 5555));
+    let now = sim.now();
+    sim.host::<Stack>(a)
+        .msg
+        .send_message(now, addr(2), msg("general", 5, 30))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        log.drain(sim, &[a, b]);
+        log.outcomes(a) == 6
+    }));
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    assert_eq!(log.delivered[&a].len(), 6);
+    assert_eq!(
+        log.got(b, 1, "general").len(),
+        6,
+        "5 to the old node, 1 to the new"
+    );
+}

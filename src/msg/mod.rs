@@ -837,7 +837,14 @@ impl MsgEndpoint {
                 p.ooo.retain(|&s, _| !seq_lt(s, seq));
             }
             None => {
-                // The stream's first segment has not arrived yet; keep this one for then.
+                // The stream's first segment has not arrived yet; keep this one for then. Say
+                // who we are too: if the sender's stream began with another node at this
+                // address (one that stopped, while we started within the same second and so
+                // with the same epoch), only our node id in a HELLO tells it to open a new
+                // stream; otherwise it would resend the middle of the old one to us forever.
+                if p.hello_reply.is_none() {
+                    p.hello_reply = Some(None);
+                }
                 if p.ooo.len() < window as usize {
                     p.ooo.entry(seq).or_insert_with(|| (f, data.to_vec()));
                 } else {

@@ -155,13 +155,13 @@ cmp -s "$TS_TMP/small.bin" "$TS_TMP/pdata/received/small.bin" || fail "the file 
 log "ctl messages --follow --json streams a message sent after it started"
 start_node "$NS_A" --tun tun0 --addr 198.18.1.2/24 --name ffollow
 A_CTL=$NODE_CTL
-"$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: before" >/dev/null || fail "send before failed"
+out=$("$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: before" 2>&1) || fail "send before failed: $out"
 "$TUNSTACK" ctl --control "$A_CTL" messages --follow --json >"$TS_TMP/follow.out" 2>"$TS_TMP/follow.err" &
 FOLLOW=$!
 TS_PIDS+=("$FOLLOW")
 # The backlog is printed first: once it is there, the follower is connected and waiting.
 wait_for "grep -q 'follow: before' '$TS_TMP/follow.out'" 10 || fail "the follower did not print the backlog"
-"$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: after" >/dev/null || fail "send after failed"
+out=$("$TUNSTACK" ctl --control "$PEER_CTL" send 198.18.1.2 "follow: after" 2>&1) || fail "send after failed: $out"
 wait_for "grep -q 'follow: after' '$TS_TMP/follow.out'" 10 || fail "the follower did not print the new message: $(cat "$TS_TMP/follow.out")"
 kill -0 "$FOLLOW" 2>/dev/null || fail "the follower exited by itself"
 stop "$FOLLOW"

@@ -745,6 +745,7 @@ impl MsgEndpoint {
         }
         let cfg = &self.cfg;
         let p = self.peers.get_mut(&src).expect("just ensured");
+        let first_contact = p.epoch == 0;
         if p.epoch == 0 {
             p.epoch = h.epoch;
             p.node_id = h.node_id;
@@ -818,6 +819,14 @@ impl MsgEndpoint {
                         p.hello_reply = Some(None);
                     }
                 } else {
+                    if first_contact && h.flags & flags::SYN == 0 {
+                        // The first we hear of this sender is the middle of a stream: it began
+                        // with another node at this address (one that stopped, while we
+                        // started within the same second and so with the same epoch). Only our
+                        // node id, in a HELLO, makes the sender open a new stream; otherwise it
+                        // would resend the middle of the old one to us until it gave up.
+                        p.hello_reply = Some(None);
+                    }
                     self.process_data(src, h.seq, h.flags, payload);
                 }
             }
@@ -837,14 +846,7 @@ impl MsgEndpoint {
                 p.ooo.retain(|&s, _| !seq_lt(s, seq));
             }
             None => {
-                // The stream's first segment has not arrived yet; keep this one for then. Say
-                // who we are too: if the sender's stream began with another node at this
-                // address (one that stopped, while we started within the same second and so
-                // with the same epoch), only our node id in a HELLO tells it to open a new
-                // stream; otherwise it would resend the middle of the old one to us forever.
-                if p.hello_reply.is_none() {
-                    p.hello_reply = Some(None);
-                }
+                // The stream's first segment has not arrived yet; keep this one for then.
                 if p.ooo.len() < window as usize {
                     p.ooo.entry(seq).or_insert_with(|| (f, data.to_vec()));
                 } else {

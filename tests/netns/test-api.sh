@@ -44,7 +44,8 @@ grep -q "sender: message [0-9]* delivered" "$TS_TMP/send.out" || fail "no delive
 grep -q "sender: file sent, 3000000 bytes, sha256 $want" "$TS_TMP/send.out" || fail "the sender's outcome does not name the file's SHA-256"
 grep -q "receiver: message from 198.18.1.2 (alice, channel lab)" "$TS_TMP/recv.out" || fail "the receiver did not report the message"
 grep -q "sender: reply received from 198.18.2.2 (bob)" "$TS_TMP/send.out" || fail "the reply did not come back"
-grep -q "sender: stopped" "$TS_TMP/send.out" && grep -q "receiver: stopped" "$TS_TMP/recv.out" || fail "a node did not stop"
+grep -q "sender: stopped" "$TS_TMP/send.out" || fail "the sending node did not stop"
+grep -q "receiver: stopped" "$TS_TMP/recv.out" || fail "the receiving node did not stop"
 got=$(sha256sum "$TS_TMP/b/received/photo.jpg" | cut -d' ' -f1)
 [[ $got == "$want" ]] || fail "the received file differs"
 # stop() released the device: a new node can open tun0 at once.

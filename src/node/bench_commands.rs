@@ -4,7 +4,7 @@
 //! they sent did not arrive: a benchmark that counts failures as speed measures nothing.
 
 use super::clock::rfc3339_now;
-use super::commands::{CommandError, CommandResult, Outcome};
+use super::commands::{parse_flag, parse_ip, CommandError, CommandResult, Outcome};
 use super::files::TransferOutcome;
 use super::messaging::SendOutcome;
 use super::NodeHandle;
@@ -19,22 +19,6 @@ const MSGBENCH_USAGE: &str =
     "usage: msgbench IP [--count N] [--size BYTES] [--window W] [--timeout SECS] [--json]";
 const FILEBENCH_USAGE: &str =
     "usage: filebench IP [--size BYTES | --file PATH] [--timeout SECS] [--keep] [--json]";
-
-fn parse_ip(s: &str) -> Result<Ipv4Addr, CommandError> {
-    s.parse()
-        .map_err(|_| CommandError(format!("'{s}' is not an IPv4 address")))
-}
-
-fn value<T: std::str::FromStr>(
-    args: &[String],
-    i: &mut usize,
-    what: &str,
-) -> Result<T, CommandError> {
-    *i += 1;
-    args.get(*i)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| CommandError(format!("{} needs {what}", args[*i - 1])))
-}
 
 /// A byte count with an optional K, M or G suffix (powers of 1024).
 fn parse_bytes(args: &[String], i: &mut usize) -> Result<u64, CommandError> {
@@ -213,10 +197,10 @@ pub fn msgbench(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> Command
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "-n" | "--count" => count = value(args, &mut i, "a message count")?,
+            "-n" | "--count" => count = parse_flag(args, &mut i, "message count")?,
             "-s" | "--size" => size = parse_bytes(args, &mut i)?,
-            "-w" | "--window" => window = value(args, &mut i, "a number of messages")?,
-            "--timeout" => timeout = value(args, &mut i, "a number of seconds")?,
+            "-w" | "--window" => window = parse_flag(args, &mut i, "number of messages")?,
+            "--timeout" => timeout = parse_flag(args, &mut i, "number of seconds")?,
             "--json" => json = true,
             a if dst.is_none() && !a.starts_with('-') => dst = Some(parse_ip(a)?),
             a => return Err(CommandError(format!("unexpected '{a}'; {MSGBENCH_USAGE}"))),
@@ -355,7 +339,7 @@ pub fn filebench(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> Comman
                         .ok_or_else(|| CommandError("--file needs a path".into()))?,
                 );
             }
-            "--timeout" => timeout = value(args, &mut i, "a number of seconds")?,
+            "--timeout" => timeout = parse_flag(args, &mut i, "number of seconds")?,
             "--keep" => keep = true,
             "--json" => json = true,
             a if dst.is_none() && !a.starts_with('-') => dst = Some(parse_ip(a)?),

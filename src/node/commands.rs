@@ -357,7 +357,13 @@ fn status(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult
     Ok(Outcome::Continue)
 }
 
-fn parse_flag<T: std::str::FromStr>(
+pub(super) fn parse_ip(s: &str) -> Result<Ipv4Addr, CommandError> {
+    s.parse()
+        .map_err(|_| CommandError(format!("'{s}' is not an IPv4 address")))
+}
+
+/// The value after a flag (`args[*i]`), parsed; moves `i` past it.
+pub(super) fn parse_flag<T: std::str::FromStr>(
     args: &[String],
     i: &mut usize,
     what: &str,

@@ -1,18 +1,12 @@
 //! Commands for protocol 170: `send`, `messages`, `peers`, `discover`.
 
 use super::clock::rfc3339_now;
-use super::commands::{CommandError, CommandResult, Outcome};
+use super::commands::{parse_ip, CommandError, CommandResult, Outcome};
 use super::messaging::SendOutcome;
 use super::NodeHandle;
 use crate::msg::Message;
 use crate::time::Duration;
 use std::io::Write;
-use std::net::Ipv4Addr;
-
-fn parse_ip(s: &str) -> Result<Ipv4Addr, CommandError> {
-    s.parse()
-        .map_err(|_| CommandError(format!("'{s}' is not an IPv4 address")))
-}
 
 /// `send IP TEXT... [-c CHANNEL] [--no-wait]`: sends a message and, unless told not to, waits
 /// for the outcome.

@@ -1074,8 +1074,11 @@ impl Conn {
             }
         } else {
             env.counters.ooo_segments += 1;
-            self.rx.write_at(off, payload);
-            if !self.asm.add(seq, seq + payload.len()) {
+            // Only what fitted in the ring counts as held: the window we advertised can
+            // reach past its free space by a rounding of the window scale, and bytes recorded
+            // but never written would be delivered as whatever the ring held there.
+            let n = self.rx.write_at(off, payload);
+            if n > 0 && !self.asm.add(seq, seq + n) {
                 env.counters.ooo_dropped += 1;
             }
             // RFC 5681 section 4.2: an out-of-order segment is acknowledged at once, so the
@@ -1274,10 +1277,7 @@ impl Conn {
             Flags::ACK
         };
         self.emit(env, tx, flags, start, len);
-        self.untime(start, len);
-        env.counters.retransmits += 1;
-        self.retransmits += 1;
-        self.log_retransmit(env, RetransmitReason::LossProbe, start, len);
+        self.retransmitted(env, RetransmitReason::LossProbe, start, len);
         true
     }
 
@@ -1506,12 +1506,9 @@ impl Conn {
                 Flags::ACK
             };
             self.emit(env, tx, flags, start, len);
-            self.untime(start, len);
+            self.retransmitted(env, reason, start, len);
             self.rexmit_next = start + len + fin as usize;
             self.rexmit_mark = Some(self.snd_max);
-            env.counters.retransmits += 1;
-            self.retransmits += 1;
-            self.log_retransmit(env, reason, start, len);
             sent = true;
         }
         self.force_rexmit = false;
@@ -1574,10 +1571,7 @@ impl Conn {
             self.emit(env, tx, flags, seq, len);
             self.snd_nxt = seq + len + fin as usize;
             if retrans {
-                self.untime(seq, len);
-                env.counters.retransmits += 1;
-                self.retransmits += 1;
-                self.log_retransmit(env, RetransmitReason::Rto, seq, len);
+                self.retransmitted(env, RetransmitReason::Rto, seq, len);
             } else {
                 self.bytes_sent += len as u64;
                 if self.rtt_probe.is_none() {
@@ -1701,6 +1695,20 @@ impl Conn {
 }
 
 impl Conn {
+    /// Bookkeeping for data sent again: counted, in the timeline, and no longer timed.
+    fn retransmitted(
+        &mut self,
+        env: &mut Env<'_>,
+        reason: RetransmitReason,
+        start: SeqNumber,
+        len: usize,
+    ) {
+        self.untime(start, len);
+        env.counters.retransmits += 1;
+        self.retransmits += 1;
+        self.log_retransmit(env, reason, start, len);
+    }
+
     /// Karn's rule (RFC 6298 section 3): a retransmitted segment is never timed, since its
     /// ACK may answer either copy.
     fn untime(&mut self, start: SeqNumber, len: usize) {

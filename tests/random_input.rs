@@ -228,3 +228,15 @@ random_and_mutated!(
     3000,
     1024
 );
+
+/// A known bug the random test finds about one run in ten (also at 6b5c9fd, before the
+/// current session's TCP changes): on this input an established connection hands its
+/// application a byte no peer sent at that offset ("read byte 0x00 at offset 0 of (80,
+/// 10.0.0.2:40000)"). Ignored until fixed so it fails loudly when run:
+/// `cargo test --release --test random_input -- --ignored known_phantom_byte`.
+#[test]
+#[ignore = "known bug: a byte no peer sent is delivered; see the doc comment"]
+fn test_known_phantom_byte_regression() {
+    let input = include_bytes!("regressions/tcp_established_phantom_byte.bin");
+    harness::tcp_established(input);
+}

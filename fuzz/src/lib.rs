@@ -695,8 +695,11 @@ fn find_peer_byte(t: &Tuple, k: usize, b: u8, hint: (usize, usize)) -> Option<(u
         let Some((seq, data)) = t.peer_data.get(e) else {
             return false;
         };
-        let start = seq.wrapping_sub(isn.wrapping_add(1)) as usize;
-        k.checked_sub(start)
+        // Signed: a segment may begin before the stream does (its head overlaps the SYN or
+        // precedes the ISN), and its later bytes still land at small offsets.
+        let start = i64::from(seq.wrapping_sub(isn.wrapping_add(1)) as i32);
+        usize::try_from(k as i64 - start)
+            .ok()
             .and_then(|j| data.get(j))
             .is_some_and(|&x| x == b)
     };

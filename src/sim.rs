@@ -8,6 +8,9 @@
 use crate::impair::{ImpairSpec, Impairment};
 use crate::rand::Rng;
 use crate::time::{earliest, Duration, Instant};
+use crate::wire::icmp::{self, IcmpRepr};
+use crate::wire::ipv4::{self, Ipv4Repr};
+use crate::wire::IpProtocol;
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -48,6 +51,18 @@ pub struct SimStats {
     pub unroutable: u64,
     /// Packets the test's filter dropped.
     pub filtered: u64,
+    /// Packets too big for a path MTU set with [`Sim::set_path_mtu`] that had DF set (dropped).
+    pub too_big: u64,
+    /// Packets too big for such a path without DF (fragmented on the way).
+    pub fragmented: u64,
+}
+
+/// A narrow hop on a path: see [`Sim::set_path_mtu`].
+#[derive(Copy, Clone, Debug)]
+struct NarrowHop {
+    mtu: usize,
+    router: Ipv4Addr,
+    icmp: bool,
 }
 
 struct Link {
@@ -73,6 +88,7 @@ pub struct Sim {
     stats: SimStats,
     tap: Option<Tap>,
     filter: Option<Filter>,
+    narrow: HashMap<(HostId, HostId), NarrowHop>,
 }
 
 impl Sim {
@@ -92,6 +108,7 @@ impl Sim {
             stats: SimStats::default(),
             tap: None,
             filter: None,
+            narrow: HashMap::new(),
         }
     }
 
@@ -169,6 +186,27 @@ impl Sim {
         self.set_link(b, a, spec);
     }
 
+    /// Puts a router on the way from `from` to `to` whose next hop carries at most `mtu` bytes,
+    /// as a kernel router does: a larger packet with DF is dropped and, if `icmp`, answered with
+    /// ICMP "fragmentation needed" (RFC 1191) from `router`; without `icmp` the hop is a path
+    /// MTU black hole. A larger packet without DF is fragmented (RFC 791). `mtu` 0 removes it.
+    pub fn set_path_mtu(
+        &mut self,
+        from: HostId,
+        to: HostId,
+        mtu: usize,
+        router: Ipv4Addr,
+        icmp: bool,
+    ) {
+        if mtu == 0 {
+            self.narrow.remove(&(from, to));
+        } else {
+            let mtu = mtu.max(ipv4::HEADER_LEN + 8);
+            self.narrow
+                .insert((from, to), NarrowHop { mtu, router, icmp });
+        }
+    }
+
     pub fn set_tap(&mut self, tap: Tap) {
         self.tap = Some(tap);
     }
@@ -204,8 +242,61 @@ impl Sim {
             self.set_link(from, to, self.default_link.clone());
         }
         let i = self.link_index[&(from, to)];
-        self.links[i].imp.push(self.now, &packet);
+        match self.narrow.get(&(from, to)).copied() {
+            Some(hop) if packet.len() > hop.mtu => self.narrow_hop(from, to, i, hop, &packet),
+            _ => self.links[i].imp.push(self.now, &packet),
+        }
         self.hosts[from.0].recycle(packet);
+    }
+
+    /// What a router before a hop of `hop.mtu` bytes does with a packet too big for it.
+    fn narrow_hop(&mut self, from: HostId, to: HostId, link: usize, hop: NarrowHop, packet: &[u8]) {
+        let Ok((h, payload)) = Ipv4Repr::parse(packet) else {
+            self.stats.too_big += 1;
+            return;
+        };
+        if h.dont_fragment {
+            self.stats.too_big += 1;
+            if hop.icmp {
+                // Quote the header and the first 64 bytes of the payload, as routers do.
+                let quote = &packet[..(h.header_len + 64).min(packet.len())];
+                let msg = IcmpRepr::DstUnreachable {
+                    code: icmp::unreachable::FRAG_NEEDED,
+                    next_hop_mtu: hop.mtu as u16,
+                    original: quote,
+                };
+                let mut ip =
+                    Ipv4Repr::new(hop.router, h.src, IpProtocol::Icmp.into(), msg.buffer_len());
+                ip.ttl = 64;
+                let mut out = vec![0u8; ip.total_len()];
+                ip.emit(&mut out);
+                msg.emit(&mut out[ipv4::HEADER_LEN..]);
+                // The report travels back along the reverse link.
+                if !self.link_index.contains_key(&(to, from)) {
+                    self.set_link(to, from, self.default_link.clone());
+                }
+                let back = self.link_index[&(to, from)];
+                self.links[back].imp.push(self.now, &out);
+            }
+            return;
+        }
+        self.stats.fragmented += 1;
+        // Fragment payloads are multiples of 8 bytes, except the last (RFC 791).
+        let step = (hop.mtu - ipv4::HEADER_LEN) / 8 * 8;
+        let mut off = 0;
+        while off < payload.len() {
+            let n = step.min(payload.len() - off);
+            let mut f = h;
+            f.header_len = ipv4::HEADER_LEN;
+            f.payload_len = n;
+            f.frag_offset = h.frag_offset + off;
+            f.more_fragments = h.more_fragments || off + n < payload.len();
+            let mut out = vec![0u8; ipv4::HEADER_LEN + n];
+            f.emit(&mut out);
+            out[ipv4::HEADER_LEN..].copy_from_slice(&payload[off..off + n]);
+            self.links[link].imp.push(self.now, &out);
+            off += n;
+        }
     }
 
     /// Delivers and polls until nothing more happens at the current instant.

@@ -416,3 +416,218 @@ fn test_file_throughput_short_rtt_loss() {
         );
     }
 }
+
+/// Where the narrow hop of the path-MTU tests sits (it sends the ICMP reports).
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+
+struct NarrowRun {
+    sim: Sim,
+    a: HostId,
+    size: usize,
+    events: Vec<FileEvent>,
+    receiver_events: Vec<FileEvent>,
+}
+
+/// Sends `size` bytes A→B with a hop of `mtu` bytes on the way, set before the transfer or,
+/// with `after` bytes, once the receiver holds that many; `icmp` false makes the hop a black
+/// hole. Checks the file arrived byte-exact.
+fn narrow_transfer(
+    seed: u64,
+    size: usize,
+    mtu: usize,
+    after: Option<u64>,
+    icmp: bool,
+) -> NarrowRun {
+    let (sa, sb) = (MemStore::new(), MemStore::new());
+    let file = data(size, seed);
+    sa.add_source("f.bin", file.clone());
+    let mut sim = Sim::new(seed);
+    let a = sim.add_host(stack(1, seed, &sa, &lossy));
+    let b = sim.add_host(stack(2, seed, &sb, &lossy));
+    sim.set_path(a, b, ImpairSpec::parse("delay=2ms").unwrap());
+    if after.is_none() {
+        sim.set_path_mtu(a, b, mtu, ROUTER, icmp);
+    }
+    let now = sim.now();
+    sim.host::<Stack>(a)
+        .file
+        .send_file(now, addr(2), "f.bin", "c", "s")
+        .unwrap();
+    if let Some(bytes) = after {
+        assert!(sim.run_until(Duration::from_secs(60), |sim| {
+            let now = sim.now();
+            sim.host::<Stack>(b)
+                .file
+                .transfers(now)
+                .first()
+                .is_some_and(|t| t.bytes_done >= bytes)
+        }));
+        sim.set_path_mtu(a, b, mtu, ROUTER, icmp);
+    }
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    assert!(sim.run_until(Duration::from_secs(300), |sim| {
+        drain(sim, a, &mut ea);
+        drain(sim, b, &mut eb);
+        done(&ea) && done(&eb)
+    }));
+    assert!(
+        matches!(ea.last(), Some(FileEvent::Completed { .. })),
+        "{ea:?}"
+    );
+    assert_eq!(
+        sb.completed("f.bin").unwrap(),
+        file,
+        "received bytes differ"
+    );
+    NarrowRun {
+        sim,
+        a,
+        size,
+        events: ea,
+        receiver_events: eb,
+    }
+}
+
+#[test]
+fn test_chunks_follow_the_path_mtu() {
+    let mut r = narrow_transfer(5, 1 << 20, 1200, None, true);
+    let stats = r.sim.stats().clone();
+    let c = r.sim.host::<Stack>(r.a).file.counters().clone();
+    // The first DATA packets bounced, one report lowered the path MTU, the transfer was offered
+    // again with smaller chunks, and nothing was ever fragmented.
+    assert!(stats.too_big >= 1, "{stats:?}");
+    assert_eq!(stats.fragmented, 0, "{stats:?}");
+    assert_eq!((c.pmtu_lowered, c.rechunked, c.pmtu_black_holes), (1, 1, 0));
+    let now = r.sim.now();
+    assert_eq!(r.sim.host::<Stack>(r.a).file.path_mtu(addr(2), now), 1200);
+    // One Started for the application, whatever happened on the wire.
+    let started = r
+        .events
+        .iter()
+        .filter(|e| matches!(e, FileEvent::Started { .. }))
+        .count();
+    assert_eq!(started, 1, "{:?}", r.events);
+    assert!(c.data_bytes_out < r.size as u64 * 11 / 10, "{c:?}");
+
+    // A second transfer to the same peer starts with chunks that fit: no packet bounces.
+    let too_big = stats.too_big;
+    let sa = MemStore::new();
+    sa.add_source("g.bin", data(200_000, 9));
+    r.sim.host::<Stack>(r.a).file.set_store(Box::new(sa));
+    let now = r.sim.now();
+    r.sim
+        .host::<Stack>(r.a)
+        .file
+        .send_file(now, addr(2), "g.bin", "c", "s")
+        .unwrap();
+    let mut ea = Vec::new();
+    assert!(r.sim.run_until(Duration::from_secs(60), |sim| {
+        drain(sim, r.a, &mut ea);
+        done(&ea)
+    }));
+    assert!(
+        matches!(ea.last(), Some(FileEvent::Completed { .. })),
+        "{ea:?}"
+    );
+    assert_eq!(
+        r.sim.stats().too_big,
+        too_big,
+        "the second transfer's chunks bounced"
+    );
+    assert_eq!(r.sim.host::<Stack>(r.a).file.counters().rechunked, 1);
+}
+
+#[test]
+fn test_path_mtu_falls_in_the_middle_of_a_transfer() {
+    let size = 3 << 20;
+    let mut r = narrow_transfer(6, size, 1000, Some(size as u64 / 3), true);
+    let stats = r.sim.stats().clone();
+    let c = r.sim.host::<Stack>(r.a).file.counters().clone();
+    assert_eq!(stats.fragmented, 0, "{stats:?}");
+    assert_eq!((c.pmtu_lowered, c.rechunked), (1, 1), "{c:?}");
+    // The re-offer carried over what the receiver held (all but a partial chunk at the edge of
+    // each held range): only the rest was sent again.
+    let resumed: Vec<u64> = r
+        .receiver_events
+        .iter()
+        .filter_map(|e| match e {
+            FileEvent::Offered { resumed_bytes, .. } => Some(*resumed_bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed.len(), 2, "{:?}", r.receiver_events);
+    assert!(
+        resumed[1] >= size as u64 / 3 - 64 * 1024,
+        "resumed only {resumed:?}"
+    );
+    println!(
+        "path MTU 1500 -> 1000 after {} of {size} bytes: {} kept, {} DATA bytes sent, {} bounced",
+        size / 3,
+        resumed[1],
+        c.data_bytes_out,
+        stats.too_big
+    );
+}
+
+#[test]
+fn test_path_mtu_black_hole_falls_back_to_fragments() {
+    let mut r = narrow_transfer(7, 300_000, 1200, None, false);
+    let stats = r.sim.stats().clone();
+    let c = r.sim.host::<Stack>(r.a).file.counters().clone();
+    assert_eq!(c.pmtu_black_holes, 1, "{c:?}");
+    assert!(stats.too_big >= 1 && stats.fragmented >= 1, "{stats:?}");
+}
+
+/// An ICMP "fragmentation needed" from `router` to 10.0.0.1 quoting a 1500-byte protocol-171
+/// packet of `ty` towards `dst`, from node `node_id`, for transfer `id`.
+fn frag_needed(router: Ipv4Addr, dst: Ipv4Addr, ty: u8, node_id: u64, id: u64) -> Vec<u8> {
+    use tunstack::wire::icmp::{unreachable, IcmpRepr};
+    use tunstack::wire::ipv4::{Ipv4Repr, HEADER_LEN};
+    let mut quoted_ip = Ipv4Repr::new(addr(1), dst, 171, 1480);
+    quoted_ip.dont_fragment = true;
+    let mut quote = vec![0u8; HEADER_LEN + 64];
+    quoted_ip.emit(&mut quote);
+    let q = &mut quote[HEADER_LEN..];
+    q[0] = tunstack::file::wire::VERSION;
+    q[1] = ty;
+    q[8..16].copy_from_slice(&node_id.to_be_bytes());
+    q[44..52].copy_from_slice(&id.to_be_bytes());
+    let msg = IcmpRepr::DstUnreachable {
+        code: unreachable::FRAG_NEEDED,
+        next_hop_mtu: 600,
+        original: &quote,
+    };
+    let ip = Ipv4Repr::new(router, addr(1), 1, msg.buffer_len());
+    let mut out = vec![0u8; ip.total_len()];
+    ip.emit(&mut out);
+    msg.emit(&mut out[HEADER_LEN..]);
+    out
+}
+
+#[test]
+fn test_forged_frag_needed_changes_nothing() {
+    let sa = MemStore::new();
+    sa.add_source("f.bin", data(100_000, 1));
+    let mut s = stack(1, 1, &sa, &lossy);
+    let now = tunstack::time::Instant::ZERO;
+    let id = s.file.send_file(now, addr(2), "f.bin", "c", "s").unwrap();
+    let wire_id = id.0;
+    let node = 501; // stack(1, ..)'s node id
+                    // No transfer to that destination; not our node; not DATA; not this transfer.
+    for pkt in [
+        frag_needed(ROUTER, addr(9), 4, node, wire_id),
+        frag_needed(ROUTER, addr(2), 4, node + 1, wire_id),
+        frag_needed(ROUTER, addr(2), 1, node, wire_id),
+        frag_needed(ROUTER, addr(2), 4, node, wire_id ^ 2),
+    ] {
+        s.handle_packet(now, &pkt);
+    }
+    let c = s.file.counters();
+    assert_eq!((c.icmp_errors, c.pmtu_lowered), (4, 0), "{c:?}");
+    assert_eq!(s.file.path_mtu(addr(2), now), 1500);
+    assert_eq!(s.file.path_mtu(addr(9), now), 1500);
+    // The genuine report is taken.
+    s.handle_packet(now, &frag_needed(ROUTER, addr(2), 4, node, wire_id));
+    assert_eq!(s.file.counters().pmtu_lowered, 1);
+    assert_eq!(s.file.path_mtu(addr(2), now), 600);
+}

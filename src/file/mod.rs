@@ -11,13 +11,21 @@
 //! restarted knows no transfer, answers DATA with RESET, and the sender offers again; a sender
 //! that restarted offers again under a new id. Either way the new ACCEPT lists what the store
 //! kept, and only the rest is sent. Memory per transfer is bounded by the window, not the size.
+//!
+//! Path MTU (RFC 1191): DATA leaves with DF set and chunks are sized to the path MTU known for
+//! the destination. An ICMP "fragmentation needed" quoting our DATA lowers that MTU; a transfer
+//! whose chunks no longer fit is offered again under a new id with smaller chunks (its progress
+//! carried over in bytes, as on a sender restart), so no chunk is ever fragmented on the way. A
+//! path that swallows large DF packets without a word (a black hole) is detected by timeouts
+//! without progress; the transfer then clears DF and lets routers fragment.
 
 pub mod name;
 pub mod ranges;
 pub mod store;
 pub mod wire;
 
-use crate::ip::{IpPacket, Transport, Tx};
+use crate::ip::pmtu::PathMtuCache;
+use crate::ip::{IcmpError, IcmpErrorKind, IpPacket, SendOptions, Transport, Tx};
 use crate::rand::Rng;
 use crate::rtt::RttEstimator;
 use crate::time::{earliest, Duration, Instant};
@@ -32,6 +40,20 @@ pub const PROTOCOL: u8 = 171;
 
 /// Probes in a row without an ACK of new data; after that only the retransmission timeout acts.
 const MAX_PROBES: u32 = 3;
+
+/// The smallest chunk offered, however small the path MTU (smaller paths fragment).
+const MIN_CHUNK: usize = 64;
+
+/// Timeouts in a row without progress after which a DF path is taken for a black hole.
+const BLACK_HOLE_TIMEOUTS: u32 = 2;
+
+/// Bytes of a DATA packet around its chunk: IPv4 header, our header, id and chunk index.
+const DATA_PACKET_OVERHEAD: usize = crate::wire::ipv4::HEADER_LEN + HEADER_LEN + DATA_OVERHEAD;
+
+/// The chunk size whose DATA packets fill `mtu` exactly.
+fn chunk_for_mtu(mtu: usize) -> u32 {
+    mtu.saturating_sub(DATA_PACKET_OVERHEAD).max(MIN_CHUNK) as u32
+}
 
 #[derive(Clone, Debug)]
 pub struct FileConfig {
@@ -186,6 +208,14 @@ pub struct FileCounters {
     pub hash_mismatch: u64,
     pub store_errors: u64,
     pub tx_queue_full: u64,
+    /// ICMP errors quoting one of our packets.
+    pub icmp_errors: u64,
+    /// "Fragmentation needed" reports that lowered a destination's path MTU.
+    pub pmtu_lowered: u64,
+    /// Transfers offered again with smaller chunks after the path MTU fell.
+    pub rechunked: u64,
+    /// Transfers that stopped setting DF after timeouts suggested a PMTU black hole.
+    pub pmtu_black_holes: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -198,7 +228,10 @@ enum OutState {
 
 #[derive(Debug)]
 struct Outgoing {
+    /// The application's handle for the transfer.
     id: u64,
+    /// The id on the wire: `id` until a re-chunk for a smaller path MTU gives a new one.
+    wire_id: u64,
     peer: Ipv4Addr,
     handle: Handle,
     name: String,
@@ -229,6 +262,10 @@ struct Outgoing {
     /// Probes sent since the last acknowledgement of new data.
     probes: u32,
     started: Instant,
+    /// DATA leaves with DF set (path MTU discovery); cleared on a suspected black hole.
+    df: bool,
+    /// `Started` was reported; a re-chunk does not report it again.
+    announced: bool,
 }
 
 impl Outgoing {
@@ -292,7 +329,9 @@ pub struct FileEndpoint {
     replies: VecDeque<(Ipv4Addr, OwnedReply)>,
     events: VecDeque<FileEvent>,
     counters: FileCounters,
-    chunk_size: u32,
+    /// The local interface's MTU, from the last poll.
+    local_mtu: usize,
+    pmtu: PathMtuCache,
     last_now: Instant,
     buf: Vec<u8>,
     /// The incoming transfer the packet being handled asks to acknowledge at once.
@@ -337,7 +376,8 @@ impl FileEndpoint {
             replies: VecDeque::new(),
             events: VecDeque::new(),
             counters: FileCounters::default(),
-            chunk_size: (1500 - 20 - HEADER_LEN - DATA_OVERHEAD) as u32,
+            local_mtu: 1500,
+            pmtu: PathMtuCache::default(),
             last_now: Instant::ZERO,
             buf: Vec::new(),
             ack_now: None,
@@ -444,7 +484,7 @@ impl FileEndpoint {
             self.store.close_source(handle);
             return Err(FileError::TooLarge);
         }
-        let chunk_size = self.chunk_size;
+        let chunk_size = self.chunk_size_to(dst, now);
         let n_chunks = info.size.div_ceil(chunk_size as u64);
         if n_chunks > u32::MAX as u64 {
             self.store.close_source(handle);
@@ -455,6 +495,7 @@ impl FileEndpoint {
             id,
             Outgoing {
                 id,
+                wire_id: id,
                 peer: dst,
                 handle,
                 name: info.name,
@@ -480,9 +521,70 @@ impl FileEndpoint {
                 last_send: now,
                 probes: 0,
                 started: now,
+                df: true,
+                announced: false,
             },
         );
         Ok(TransferId(id))
+    }
+
+    /// The chunk size for a new transfer to `dst`: DATA packets as large as the path allows.
+    fn chunk_size_to(&self, dst: Ipv4Addr, now: Instant) -> u32 {
+        chunk_for_mtu(self.pmtu.get(dst, now, self.local_mtu))
+    }
+
+    /// The path MTU towards `dst` as far as this endpoint knows it.
+    pub fn path_mtu(&self, dst: Ipv4Addr, now: Instant) -> usize {
+        self.pmtu.get(dst, now, self.local_mtu)
+    }
+
+    /// The outgoing transfer that `src` knows by `wire_id`. Its key is the same id unless the
+    /// transfer was re-chunked, which is rare, so the scan runs only for those and for ids
+    /// nobody sent.
+    fn out_key(&self, src: Ipv4Addr, wire_id: u64) -> Option<u64> {
+        let mine = |o: &Outgoing| o.wire_id == wire_id && o.peer == src;
+        match self.outgoing.get(&wire_id) {
+            Some(o) if mine(o) => Some(wire_id),
+            _ => self.outgoing.iter().find(|(_, o)| mine(o)).map(|(&k, _)| k),
+        }
+    }
+
+    /// Offers transfer `key` again with chunks of `chunk_size`, under a new wire id so that no
+    /// packet of the old numbering can be mistaken for the new one. Whole new chunks that the
+    /// receiver acknowledged count as held; its ACCEPT adds what its store kept beyond that.
+    fn rechunk(&mut self, now: Instant, key: u64, chunk_size: u32) {
+        let wire_id = self.rng.next_u64() | 1;
+        let o = self.outgoing.get_mut(&key).expect("caller checked");
+        let (old, new) = (o.chunk_size as u64, chunk_size as u64);
+        let mut acked = RangeSet::new();
+        for &(a, b) in o.acked.ranges() {
+            let (start, end) = (a as u64 * old, (b as u64 * old).min(o.size));
+            let first = start.div_ceil(new);
+            let last = if end >= o.size {
+                o.size.div_ceil(new)
+            } else {
+                end / new
+            };
+            if last > first {
+                acked.insert(first as u32, last as u32);
+            }
+        }
+        log::info!(
+            "file: transfer {key:016x} to {}: chunks of {old} -> {new} bytes for the path MTU",
+            o.peer
+        );
+        o.wire_id = wire_id;
+        o.chunk_size = chunk_size;
+        o.n_chunks = o.size.div_ceil(new) as u32;
+        o.acked = acked;
+        o.state = OutState::Offering;
+        o.inflight.clear();
+        o.lost.clear();
+        o.next_new = 0;
+        o.tries = 0;
+        o.probes = 0;
+        o.due = now;
+        self.counters.rechunked += 1;
     }
 
     /// Abandons an outgoing transfer.
@@ -503,6 +605,18 @@ impl FileEndpoint {
     }
 
     fn send(&mut self, tx: &mut Tx, dst: Ipv4Addr, seq: u32, ack: u32, repr: &Repr<'_>) -> bool {
+        self.send_with(tx, dst, seq, ack, repr, SendOptions::default())
+    }
+
+    fn send_with(
+        &mut self,
+        tx: &mut Tx,
+        dst: Ipv4Addr,
+        seq: u32,
+        ack: u32,
+        repr: &Repr<'_>,
+        opts: SendOptions,
+    ) -> bool {
         let h = Header {
             ty: repr.ty(),
             flags: 0,
@@ -512,7 +626,7 @@ impl FileEndpoint {
             seq,
             ack,
         };
-        let r = tx.send(dst, PROTOCOL, HEADER_LEN + repr.buffer_len(), |buf| {
+        let r = tx.send_with(dst, PROTOCOL, HEADER_LEN + repr.buffer_len(), opts, |buf| {
             repr.emit(&mut buf[HEADER_LEN..]);
             h.emit(buf);
         });
@@ -565,16 +679,24 @@ impl FileEndpoint {
                 now, src, id, size, chunk_size, sha256, name, channel, sender,
             ),
             Repr::Data { id, chunk, data } => self.on_data(now, src, id, h.seq, chunk, data),
-            Repr::Accept { id, have } => self.on_accept(now, src, id, &have),
-            Repr::Ack { id, cum, ranges } => self.on_ack(now, src, id, h.ack, cum, &ranges),
+            Repr::Accept { id, have } => {
+                if let Some(key) = self.out_key(src, id) {
+                    self.on_accept(now, key, &have);
+                }
+            }
+            Repr::Ack { id, cum, ranges } => {
+                if let Some(key) = self.out_key(src, id) {
+                    self.on_ack(now, key, h.ack, cum, &ranges);
+                }
+            }
             Repr::Refuse { id, reason } => {
-                if let Some(o) = self.take_out(src, id) {
+                if let Some((id, o)) = self.take_out(src, id) {
                     self.counters.refused += 1;
                     self.fail(id, src, format!("refused by {}: {reason}", o.peer));
                 }
             }
             Repr::Done { id, status, reason } => {
-                if let Some(o) = self.take_out(src, id) {
+                if let Some((id, o)) = self.take_out(src, id) {
                     if status == 0 {
                         self.counters.completed += 1;
                         self.events.push_back(FileEvent::Completed {
@@ -596,8 +718,9 @@ impl FileEndpoint {
                 }
             }
             Repr::Reset { id } => {
-                if let Some(o) = self.outgoing.get_mut(&id) {
-                    if o.peer == src && o.state != OutState::Offering {
+                let key = self.out_key(src, id);
+                if let Some(o) = key.and_then(|k| self.outgoing.get_mut(&k)) {
+                    if o.state != OutState::Offering {
                         self.counters.resets += 1;
                         o.state = OutState::Offering;
                         o.acked.clear();
@@ -614,21 +737,19 @@ impl FileEndpoint {
                     self.store.release(i.handle);
                     self.fail(id, src, format!("sender cancelled: {reason}"));
                 }
-                if let Some(o) = self.take_out(src, id) {
+                if let Some((id, o)) = self.take_out(src, id) {
                     self.fail(id, o.peer, format!("receiver cancelled: {reason}"));
                 }
             }
         }
     }
 
-    fn take_out(&mut self, src: Ipv4Addr, id: u64) -> Option<Outgoing> {
-        if self.outgoing.get(&id).is_some_and(|o| o.peer == src) {
-            let o = self.outgoing.remove(&id).expect("present");
-            self.store.close_source(o.handle);
-            Some(o)
-        } else {
-            None
-        }
+    /// Removes the outgoing transfer `src` knows by `wire_id`; returns its key and state.
+    fn take_out(&mut self, src: Ipv4Addr, wire_id: u64) -> Option<(u64, Outgoing)> {
+        let key = self.out_key(src, wire_id)?;
+        let o = self.outgoing.remove(&key).expect("present");
+        self.store.close_source(o.handle);
+        Some((key, o))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -871,11 +992,9 @@ impl FileEndpoint {
         }
     }
 
-    fn on_accept(&mut self, now: Instant, src: Ipv4Addr, id: u64, have: &[(u32, u32)]) {
-        let Some(o) = self.outgoing.get_mut(&id) else {
-            return;
-        };
-        if o.peer != src || o.state != OutState::Offering {
+    fn on_accept(&mut self, now: Instant, id: u64, have: &[(u32, u32)]) {
+        let o = self.outgoing.get_mut(&id).expect("caller checked");
+        if o.state != OutState::Offering {
             return;
         }
         for &(a, b) in have {
@@ -886,11 +1005,14 @@ impl FileEndpoint {
         o.due = now + o.rtt.rto();
         o.next_new = o.acked.next_missing(0);
         let resumed = (o.acked.count() * o.chunk_size as u64).min(o.size);
-        self.events.push_back(FileEvent::Started {
-            id: TransferId(id),
-            to: src,
-            resumed_bytes: resumed,
-        });
+        if !o.announced {
+            o.announced = true;
+            self.events.push_back(FileEvent::Started {
+                id: TransferId(id),
+                to: o.peer,
+                resumed_bytes: resumed,
+            });
+        }
         self.check_all_acked(now, id);
     }
 
@@ -905,20 +1027,10 @@ impl FileEndpoint {
         }
     }
 
-    fn on_ack(
-        &mut self,
-        now: Instant,
-        src: Ipv4Addr,
-        id: u64,
-        largest: u32,
-        cum: u32,
-        r: &[(u32, u32)],
-    ) {
+    fn on_ack(&mut self, now: Instant, id: u64, largest: u32, cum: u32, r: &[(u32, u32)]) {
         let cfg = &self.cfg;
-        let Some(o) = self.outgoing.get_mut(&id) else {
-            return;
-        };
-        if o.peer != src || o.state != OutState::Sending {
+        let o = self.outgoing.get_mut(&id).expect("caller checked");
+        if o.state != OutState::Sending {
             return;
         }
         o.acked.insert(0, cum.min(o.n_chunks));
@@ -1073,7 +1185,7 @@ impl FileEndpoint {
                 let (peer, repr) = (
                     o.peer,
                     Repr::Offer {
-                        id,
+                        id: o.wire_id,
                         size: o.size,
                         chunk_size: o.chunk_size,
                         sha256: o.sha256,
@@ -1130,6 +1242,18 @@ impl FileEndpoint {
                             ),
                         );
                     }
+                    if o.df && o.tries >= BLACK_HOLE_TIMEOUTS {
+                        // Everything is lost and no ICMP says why: perhaps a router drops our
+                        // DF packets silently. Let routers fragment instead (RFC 2923 sec 2.1).
+                        o.df = false;
+                        self.counters.pmtu_black_holes += 1;
+                        log::info!(
+                            "file: transfer {id:016x} to {}: {} timeouts in a row, sending \
+                             without DF in case of a path MTU black hole",
+                            o.peer,
+                            o.tries
+                        );
+                    }
                     let chunks: Vec<u32> = o.inflight.drain(..).map(|e| e.1).collect();
                     o.lost.extend(chunks);
                     o.ssthresh = (o.cwnd / 2.0).max(2.0);
@@ -1173,7 +1297,7 @@ impl FileEndpoint {
             let off = c as u64 * o.chunk_size as u64;
             let len = (o.size - off).min(o.chunk_size as u64) as usize;
             buf.resize(len, 0);
-            let (handle, peer) = (o.handle, o.peer);
+            let (handle, peer, wire_id) = (o.handle, o.peer, o.wire_id);
             match self.store.read_at(handle, off, &mut buf) {
                 Ok(n) if n == len => {}
                 other => {
@@ -1197,16 +1321,21 @@ impl FileEndpoint {
             o.last_send = now;
             o.inflight.push_back((pn, c, now));
             let repr = Repr::Data {
-                id,
+                id: wire_id,
                 chunk: c,
                 data: &buf,
+            };
+            let opts = SendOptions {
+                dont_fragment: o.df
+                    && len + DATA_PACKET_OVERHEAD <= self.pmtu.get(peer, now, self.local_mtu),
+                ..SendOptions::default()
             };
             if retx {
                 self.counters.retransmits += 1;
             }
             self.counters.data_out += 1;
             self.counters.data_bytes_out += len as u64;
-            self.send(tx, peer, pn, 0, &repr);
+            self.send_with(tx, peer, pn, 0, &repr, opts);
         }
         self.buf = buf;
     }
@@ -1222,10 +1351,65 @@ impl Transport for FileEndpoint {
         true
     }
 
+    fn handle_icmp_error(&mut self, now: Instant, err: &IcmpError<'_>, _tx: &mut Tx) {
+        self.counters.icmp_errors += 1;
+        let IcmpErrorKind::Unreachable {
+            code: crate::wire::icmp::unreachable::FRAG_NEEDED,
+            next_hop_mtu,
+        } = err.kind
+        else {
+            return;
+        };
+        // Only DATA is large and sent with DF. The quote must look like one of ours, and name
+        // our node and a transfer to that destination when it reaches that far (routers quote
+        // at least 8 bytes; Linux quotes far more), so a forged report cannot shrink our chunks
+        // towards a peer we are not sending to.
+        let q = err.original_payload;
+        let dst = err.original.dst;
+        if q.len() < 2 || q[0] != wire::VERSION || q[1] != wire::ty::DATA {
+            return;
+        }
+        let quoted_u64 = |at: usize| {
+            q.get(at..at + 8)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        };
+        if quoted_u64(8).is_some_and(|n| n != self.node_id) {
+            return;
+        }
+        let quoted_id = quoted_u64(HEADER_LEN);
+        let ours = |o: &Outgoing| o.peer == dst && quoted_id.is_none_or(|w| w == o.wire_id);
+        if !self.outgoing.values().any(ours) {
+            return;
+        }
+        let sent_len = err.original.total_len();
+        let Some(mtu) = self
+            .pmtu
+            .learn(dst, next_hop_mtu, sent_len, now, self.local_mtu)
+        else {
+            return;
+        };
+        self.counters.pmtu_lowered += 1;
+        log::info!(
+            "file: path MTU to {dst} is {mtu} (reported by {})",
+            err.reporter
+        );
+        let chunk = chunk_for_mtu(mtu);
+        let shrink: Vec<u64> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| {
+                o.peer == dst && o.chunk_size > chunk && o.state != OutState::Finishing
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        for k in shrink {
+            self.rechunk(now, k, chunk);
+        }
+    }
+
     fn poll(&mut self, now: Instant, tx: &mut Tx) {
         self.last_now = now;
-        let max = tx.max_payload().saturating_sub(HEADER_LEN + DATA_OVERHEAD);
-        self.chunk_size = max.max(64) as u32;
+        self.local_mtu = tx.mtu();
         self.flush_replies(tx);
         let ids: Vec<u64> = self.outgoing.keys().copied().collect();
         for id in ids {

@@ -3,7 +3,7 @@
 //! largest packet number received.
 
 use crate::msg::wire::{truncate_str, Reader, Writer};
-pub use crate::msg::wire::{Header, WireError, HEADER_LEN};
+pub use crate::msg::wire::{Header, WireError, HEADER_LEN, VERSION};
 
 pub mod ty {
     pub const OFFER: u8 = 1;

@@ -6,6 +6,7 @@
 
 mod counters;
 mod ping;
+pub mod pmtu;
 mod reassembly;
 mod tx;
 
@@ -101,7 +102,8 @@ pub struct IcmpError<'a> {
     /// Who reported the error (a router or the destination).
     pub reporter: Ipv4Addr,
     pub kind: IcmpErrorKind,
-    /// The header of our packet, as quoted.
+    /// The header of our packet, as quoted; `payload_len` is the length we sent, although
+    /// only the start of the payload is quoted.
     pub original: Ipv4Repr,
     /// The start of our packet's payload as quoted (at least 8 bytes: ports and sequence number).
     pub original_payload: &'a [u8],
@@ -357,10 +359,15 @@ impl IpLayer {
         let c = crate::wire::checksum::checksum(&hdr[..ihl]);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
         match Ipv4Repr::parse(&hdr[..ihl]) {
-            Ok((original, _)) => Received::IcmpError(IcmpError {
+            Ok((mut original, _)) => Received::IcmpError(IcmpError {
+                // The length we sent, which path MTU discovery needs; only the header was cut.
+                original: {
+                    let total = u16::from_be_bytes([quoted[2], quoted[3]]) as usize;
+                    original.payload_len = total.saturating_sub(ihl);
+                    original
+                },
                 reporter,
                 kind,
-                original,
                 original_payload: &quoted[ihl..],
             }),
             Err(_) => {

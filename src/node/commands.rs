@@ -330,6 +330,20 @@ fn status(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult
         msg["duplicates"],
         v["inbox"]["messages"]
     );
+    let file = &v["file"];
+    let _ = writeln!(
+        s,
+        "file    completed {} failed {} refused {}; DATA out {} in {}, retransmits {}; path MTU lowered {} (re-chunked {}, black holes {})",
+        file["completed"],
+        file["failed"],
+        file["refused"],
+        file["data_out"],
+        file["data_in"],
+        file["retransmits"],
+        file["pmtu_lowered"],
+        file["rechunked"],
+        file["pmtu_black_holes"]
+    );
     let _ = writeln!(
         s,
         "device  read {} pkts, written {} pkts, write drops {}, write errors {}",

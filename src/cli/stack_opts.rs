@@ -218,7 +218,7 @@ pub struct StackOpts {
     #[arg(long)]
     pub no_sack: bool,
 
-    /// Receive and send buffer of each TCP connection, e.g. 64K or 4M; the receive buffer bounds the advertised window, so throughput is at most BYTES per round trip [default: 256K]
+    /// Receive and send buffer of each TCP connection, e.g. 64K or 4M; the receive buffer bounds the advertised window, so throughput is at most BYTES per round trip. Without this option the receive buffer starts at 256K and doubles up to 4M while out-of-order data (loss) fills it [default: 256K]
     #[arg(long, value_name = "BYTES", value_parser = parse_tcp_buffer)]
     pub tcp_buffer: Option<usize>,
 

@@ -58,7 +58,9 @@ impl TcpTuning {
             cfg.sack = false;
         }
         if let Some(n) = self.buffer {
+            // A size the user chose is kept: no autotuning past it.
             cfg.rx_buffer = n;
+            cfg.rx_buffer_max = n;
             cfg.tx_buffer = n;
         }
     }

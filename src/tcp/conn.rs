@@ -33,6 +33,8 @@ pub(super) struct Env<'a> {
     pub counters: &'a mut TcpCounters,
     /// RFC 5961 section 7: challenge ACKs share one budget per second across connections.
     pub challenge_budget: &'a mut u32,
+    /// Buffer bytes all connections reserve (`TcpConfig::max_buffer_total` bounds it).
+    pub buffer_total: &'a mut usize,
 }
 
 /// An answer the endpoint sends on the connection's behalf, outside its sequence space.
@@ -118,6 +120,8 @@ pub(super) struct Conn {
     rcv_adv: SeqNumber,
     pub rx: Ring,
     asm: Assembler,
+    /// Where the last out-of-order segment ended: the next one starting there extends its block.
+    last_ooo_end: Option<SeqNumber>,
     rx_fin: Option<SeqNumber>,
     pub rx_closed: bool,
     /// Data that arrived twice, reported once as the first SACK block (RFC 2883 D-SACK): it
@@ -236,6 +240,7 @@ impl Conn {
             rcv_adv: SeqNumber(0),
             rx: Ring::new(cfg.rx_buffer),
             asm: Assembler::new(),
+            last_ooo_end: None,
             rx_fin: None,
             rx_closed: false,
             dsack: None,
@@ -298,7 +303,7 @@ impl Conn {
         c.state = TcpState::SynSent;
         c.active = true;
         c.rcv_wscale = if cfg.window_scaling {
-            wscale_for(cfg.rx_buffer)
+            wscale_for(cfg.rx_buffer_limit())
         } else {
             0
         };
@@ -365,7 +370,7 @@ impl Conn {
         match n.peer_wscale {
             Some(ws) if cfg.window_scaling => {
                 self.snd_wscale = ws;
-                self.rcv_wscale = wscale_for(cfg.rx_buffer);
+                self.rcv_wscale = wscale_for(cfg.rx_buffer_limit());
             }
             _ => {
                 self.snd_wscale = 0;
@@ -1081,13 +1086,57 @@ impl Conn {
             if n > 0 && !self.asm.add(seq, seq + n) {
                 env.counters.ooo_dropped += 1;
             }
+            self.maybe_grow_rx(env);
             // RFC 5681 section 4.2: an out-of-order segment is acknowledged at once, so the
-            // sender sees duplicate ACKs (and SACK blocks) without delay. Not even the end of
-            // the batch waits: one ACK can name only three SACK blocks, and a duplicate ACK
-            // per segment is what tells the sender about every one of them.
+            // sender sees duplicate ACKs (and SACK blocks) without delay. A segment that only
+            // extends the block the previous one started waits for the end of the batch, as
+            // GRO merges them for the kernel: the batch's one ACK names the grown block first,
+            // which tells a SACK sender everything the per-segment ACKs would have, for one
+            // write instead of many. A segment that opens a new block (a new hole) is answered
+            // at once, since one ACK names only three blocks.
+            let extends = self.last_ooo_end == Some(seq) && n > 0;
+            if n > 0 {
+                self.last_ooo_end = Some(seq + n);
+            }
             self.ack_now = true;
-            self.ack_at_once = true;
+            if !extends || !self.sack_ok {
+                self.ack_at_once = true;
+            }
         }
+    }
+
+    /// Receive autotuning, for loss recovery only. While a hole holds back delivery, the data
+    /// beyond it can fill at most the buffer; a sender that runs out of window stops sending
+    /// new data, and new data acknowledged past a retransmission is how it learns (RACK, RFC
+    /// 8985) that the retransmission was lost too, so a full window leaves it only its RTO.
+    /// When out-of-order data reaches past half the buffer, the buffer doubles, up to
+    /// `rx_buffer_max` and as the stack's buffer budget allows. An application that reads
+    /// slowly fills the buffer in order and never grows it.
+    fn maybe_grow_rx(&mut self, env: &mut Env<'_>) {
+        let cap = self.rx.capacity();
+        let max = env.cfg.rx_buffer_max.min(65_535 << self.rcv_wscale);
+        if cap >= max {
+            return;
+        }
+        let Some(&(_, end)) = self.asm.ranges().last() else {
+            return;
+        };
+        if end.since(self.rcv_nxt) < cap / 2 {
+            return;
+        }
+        let new = (cap * 2).min(max);
+        if *env.buffer_total + (new - cap) > env.cfg.max_buffer_total {
+            env.counters.cap_buffer_total += 1;
+            return;
+        }
+        *env.buffer_total += new - cap;
+        self.rx.grow(new);
+        env.counters.rx_buffer_grown += 1;
+    }
+
+    /// Buffer bytes this connection reserves against the stack's budget.
+    pub fn reserved(&self) -> usize {
+        self.rx.capacity() + self.tx.capacity()
     }
 
     fn check_fin(&mut self, env: &mut Env<'_>) {

@@ -43,6 +43,10 @@ pub struct TcpConfig {
     /// Receive buffer per connection. 256 KiB covers the bandwidth-delay product of 100 Mbit/s
     /// at 20 ms, the scale of the lab; the pages are only touched as data flows.
     pub rx_buffer: usize,
+    /// How far the receive buffer may grow while out-of-order data fills it (loss recovery:
+    /// see `Conn::maybe_grow_rx`); the window scale is chosen for this size. The growth counts
+    /// against `max_buffer_total`.
+    pub rx_buffer_max: usize,
     /// Send buffer per connection.
     pub tx_buffer: usize,
     /// TIME-WAIT length, 2 x MSL (RFC 9293 section 3.4.2 suggests MSL = 2 min; the lab uses less).
@@ -88,11 +92,19 @@ pub struct TcpConfig {
     pub fixed_isn: Option<u32>,
 }
 
+impl TcpConfig {
+    /// The largest receive buffer a connection may have (initial or grown).
+    pub fn rx_buffer_limit(&self) -> usize {
+        self.rx_buffer.max(self.rx_buffer_max)
+    }
+}
+
 impl Default for TcpConfig {
     fn default() -> TcpConfig {
         TcpConfig {
             mss: 1460,
             rx_buffer: 256 * 1024,
+            rx_buffer_max: 4 << 20,
             tx_buffer: 256 * 1024,
             time_wait: Duration::from_secs(2),
             fin_timeout: Duration::from_secs(60),
@@ -287,6 +299,8 @@ pub struct TcpCounters {
     pub cap_connections: u64,
     pub cap_syn_backlog: u64,
     pub cap_buffer_total: u64,
+    /// Receive buffers doubled for out-of-order data (receive autotuning).
+    pub rx_buffer_grown: u64,
     pub closed_port: u64,
     /// Reset reports dropped because the node had not drained the queue (a reset flood).
     pub reset_reports_dropped: u64,
@@ -864,6 +878,7 @@ impl Tcp {
                 cfg: &self.cfg,
                 counters: &mut self.counters,
                 challenge_budget: &mut self.challenge_budget,
+                buffer_total: &mut self.buffer_total,
             },
             &mut self.conns,
         )
@@ -928,6 +943,7 @@ impl Tcp {
             }
             if c.orphaned {
                 let c = self.conns[i as usize].item.take().expect("checked above");
+                let reserved = c.reserved();
                 if self.closed.len() == CLOSED_TIMELINES {
                     self.closed.pop_front();
                 }
@@ -937,7 +953,7 @@ impl Tcp {
                 self.conns[i as usize].generation = gen.wrapping_add(1);
                 self.free_conns.push(i);
                 self.live -= 1;
-                self.buffer_total -= self.cfg.rx_buffer + self.cfg.tx_buffer;
+                self.buffer_total -= reserved;
             }
             return;
         }
@@ -1133,7 +1149,7 @@ impl Tcp {
             options.timestamps = Some((ts, tsval));
             options.sack_permitted = neg.sack;
             if neg.peer_wscale.is_some() {
-                options.wscale = Some(conn::wscale_for(self.cfg.rx_buffer));
+                options.wscale = Some(conn::wscale_for(self.cfg.rx_buffer_limit()));
             }
         }
         let h = TcpHeader {

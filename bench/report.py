@@ -41,6 +41,8 @@ WORKLOADS = [
     ("p170_msg_latency_p99", "Protocol 170 latency, one at a time, p99", "µs", "lower"),
     ("p171_file_0", "Protocol 171 file throughput, 0 % loss", "Mbit/s", "higher"),
     ("p171_file_5", "Protocol 171 file throughput, 5 % loss", "Mbit/s", "higher"),
+    ("p171_tcp_0", "tunstack TCP node → node on the 171 path, 0 % loss", "Mbit/s", "higher"),
+    ("p171_tcp_5", "tunstack TCP node → node on the 171 path, 5 % loss", "Mbit/s", "higher"),
 ]
 
 # Rows derived from extra fields of another workload's result.
@@ -152,20 +154,28 @@ def table_rows(cells):
 
 HEADER = ["workload", "unit"] + TARGETS + ["tunstack/smoltcp", "tunstack/kernel"]
 
-# Protocol 171 against tunstack's own TCP on the router path (issue target: at least 0.5).
-FILE_VS_TCP = [("p171_file_0", "loss_0", "0 %"), ("p171_file_5", "loss_5", "5 %")]
+# Protocol 171 against tunstack's own TCP (issue target: at least 0.5). The same path is node to
+# node (tcpbench, the p171_tcp rows); runs from before tcpbench existed compare with the kernel
+# client's TCP into the node via the router (the loss rows).
+FILE_VS_TCP = [
+    ("p171_file_0", ("p171_tcp_0", "node → node"), ("loss_0", "via the router"), "0 %"),
+    ("p171_file_5", ("p171_tcp_5", "node → node"), ("loss_5", "via the router"), "5 %"),
+]
 
 
 def file_vs_tcp(cells):
     """Lines comparing protocol 171 with tunstack TCP goodput at the same loss, where both ran."""
     out = []
-    for fkey, tkey, label in FILE_VS_TCP:
-        f, t = cells.get((fkey, "tunstack")), cells.get((tkey, "tunstack"))
-        if f and t and f.values and t.values and t.median():
-            out.append(
-                f"protocol 171 / tunstack TCP via the router at {label} loss: "
-                f"{fmt_num(f.median())} / {fmt_num(t.median())} Mbit/s = {f.median() / t.median():.2f}"
-            )
+    for fkey, same, router, label in FILE_VS_TCP:
+        f = cells.get((fkey, "tunstack"))
+        for tkey, how in (same, router):
+            t = cells.get((tkey, "tunstack"))
+            if f and t and f.values and t.values and t.median():
+                out.append(
+                    f"protocol 171 / tunstack TCP {how} at {label} loss: "
+                    f"{fmt_num(f.median())} / {fmt_num(t.median())} Mbit/s = {f.median() / t.median():.2f}"
+                )
+                break
     return out
 
 

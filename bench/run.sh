@@ -376,7 +376,7 @@ proto_gen() {
 proto_workloads() {
 	local t=$1 r=$2 w
 	if [[ $t != tunstack ]]; then
-		for w in p170_msg_rate p170_msg_latency p171_file_0 p171_file_5; do
+		for w in p170_msg_rate p170_msg_latency p171_file_0 p171_file_5 p171_tcp_0 p171_tcp_5; do
 			na "$t" "$w" "$r" "tunstack-only protocol"
 		done
 		return
@@ -395,13 +395,17 @@ proto_workloads() {
 	proto_gen p170_msg_latency "$r" 30 latency_median_us µs msgbench "$peer" --count "$lat_msgs" --size 64 --window 1 --timeout 20 --json
 	proto_gen p171_file_0 "$r" 60 value Mbit/s filebench "$peer" --size "$file" --timeout 45 --json
 	rm -f "$TMP"/data-lossy/received/filebench-*
+	# Our TCP on the same node-to-node path, into the peer node's discard service.
+	proto_gen p171_tcp_0 "$r" 60 value Mbit/s tcpbench "$peer" --size "$file" --timeout 45 --json
 	if [[ -n $file5 ]]; then
 		set_loss 5
 		proto_gen p171_file_5 "$r" 60 value Mbit/s filebench "$peer" --size "$file5" --timeout 45 --json
+		proto_gen p171_tcp_5 "$r" 60 value Mbit/s tcpbench "$peer" --size "$file5" --timeout 45 --json
 		set_loss 0
 		rm -f "$TMP"/data-lossy/received/filebench-*
 	else
 		na "$t" p171_file_5 "$r" "not in the smoke run"
+		na "$t" p171_tcp_5 "$r" "not in the smoke run"
 	fi
 	stop_pid "$pid_b"
 	stop_pid "$pid_a"

@@ -270,10 +270,10 @@ fn test_seed_sweep_random_impairment() {
             r.below(2)
         );
         let cfg = TcpConfig {
-            congestion: if seed % 2 == 0 {
-                tunstack::tcp::Congestion::Cubic
-            } else {
-                tunstack::tcp::Congestion::NewReno
+            congestion: match seed % 3 {
+                0 => tunstack::tcp::Congestion::Bbr,
+                1 => tunstack::tcp::Congestion::Cubic,
+                _ => tunstack::tcp::Congestion::NewReno,
             },
             sack: seed % 3 != 0,
             timestamps: seed % 5 != 0,

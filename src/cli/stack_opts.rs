@@ -78,8 +78,9 @@ fn parse_congestion(s: &str) -> Result<Congestion, String> {
     match s.to_ascii_lowercase().as_str() {
         "cubic" => Ok(Congestion::Cubic),
         "newreno" | "reno" => Ok(Congestion::NewReno),
+        "bbr" => Ok(Congestion::Bbr),
         _ => Err(format!(
-            "'{s}' is not a congestion control: use cubic or newreno"
+            "'{s}' is not a congestion control: use cubic, newreno or bbr"
         )),
     }
 }
@@ -198,7 +199,7 @@ pub struct StackOpts {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_file_size: Option<u64>,
 
-    /// TCP congestion control for new connections: cubic (RFC 9438) or newreno (RFC 6582) [default: cubic]
+    /// TCP congestion control for new connections: cubic (RFC 9438), newreno (RFC 6582) or bbr (model-based: bottleneck bandwidth x min RTT, keeps a path busy through random loss) [default: bbr]
     #[arg(long, value_name = "ALGO", value_parser = parse_congestion)]
     pub congestion: Option<Congestion>,
 
@@ -389,9 +390,10 @@ mod tests {
     fn test_tcp_option_parsers() {
         assert_eq!(parse_congestion("cubic"), Ok(Congestion::Cubic));
         assert_eq!(parse_congestion("NewReno"), Ok(Congestion::NewReno));
-        assert!(parse_congestion("bbr")
+        assert_eq!(parse_congestion("BBR"), Ok(Congestion::Bbr));
+        assert!(parse_congestion("vegas")
             .unwrap_err()
-            .contains("cubic or newreno"));
+            .contains("cubic, newreno or bbr"));
         assert_eq!(parse_time("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_keepalive("30s"), Ok(Duration::from_secs(30)));
         assert!(parse_keepalive("0").is_err());

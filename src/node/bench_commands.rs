@@ -21,7 +21,7 @@ const FILEBENCH_USAGE: &str =
     "usage: filebench IP [--size BYTES | --file PATH] [--timeout SECS] [--keep] [--json]";
 
 /// A byte count with an optional K, M or G suffix (powers of 1024).
-fn parse_bytes(args: &[String], i: &mut usize) -> Result<u64, CommandError> {
+pub(super) fn parse_bytes(args: &[String], i: &mut usize) -> Result<u64, CommandError> {
     *i += 1;
     let s = args
         .get(*i)

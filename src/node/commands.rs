@@ -112,6 +112,12 @@ pub const VERBS: &[Verb] = &[
         run: super::bench_commands::msgbench,
     },
     Verb {
+        name: "tcpbench",
+        usage: "tcpbench IP [--port P] [--size BYTES] [--json]",
+        help: "benchmark our TCP: send BYTES to a sink (a node's --serve discard:9) and report Mbit/s",
+        run: super::tcp_bench::tcpbench,
+    },
+    Verb {
         name: "filebench",
         usage: "filebench IP [--size BYTES | --file PATH] [--json]",
         help: "benchmark protocol 171: send a file to a peer (which keeps it) and report Mbit/s",

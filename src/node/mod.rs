@@ -17,6 +17,7 @@ pub mod launch;
 pub mod limits;
 pub mod messaging;
 mod msg_commands;
+mod tcp_bench;
 mod tcp_commands;
 
 use crate::impair::rules::RuleSet;

@@ -155,6 +155,8 @@ pub(super) struct Conn {
     pub ack_at_once: bool,
     ack_pending: bool,
     unacked_segs: u32,
+    /// In-order segments still to be acknowledged without delay (quick-ACK mode).
+    quick_acks: u32,
 
     cc: Box<dyn CongestionControl>,
     pub congestion: cc::Congestion,
@@ -197,6 +199,11 @@ const MAX_SACKED: usize = 32;
 /// the probe or its ACK being lost too, which at a few percent loss is common, while the
 /// RTO's 200 ms floor is thousands of round trips in a lab).
 const MAX_PROBES: u32 = 4;
+/// In-order segments acknowledged at once at the start of a connection and after each
+/// out-of-order one (as Linux's quick-ACK mode): a sender in slow start or repairing a loss has
+/// a small window, and the delayed ACK of its lone last segment would stall it for the whole
+/// delay, far longer than a lab's round trip.
+const QUICK_ACKS: u32 = 16;
 /// How long a peer may hold the ACK of a lone segment (see `Conn::pto`).
 const LONE_SEGMENT_ACK_DELAY: Duration = Duration::from_millis(50);
 
@@ -267,6 +274,7 @@ impl Conn {
             ack_at_once: false,
             ack_pending: false,
             unacked_segs: 0,
+            quick_acks: QUICK_ACKS,
             cc: cc::new(cfg.congestion, 536),
             congestion: cfg.congestion,
             dupacks: 0,
@@ -438,7 +446,8 @@ impl Conn {
             sack: self.sack_ok,
             timestamps: self.ts_ok,
             snd_wnd: self.snd_wnd,
-            rcv_wnd: self.rcv_adv.since(self.rcv_nxt),
+            // As the peer sees it: the scaled field drops what is below the scale's unit.
+            rcv_wnd: self.rcv_adv.since(self.rcv_nxt) >> self.rcv_wscale << self.rcv_wscale,
             congestion: self.congestion,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
@@ -823,6 +832,8 @@ impl Conn {
             self.snd_wl2 = ack;
         }
         let mut new_sack = false;
+        let (snd_una_before, sacked_before) = (self.snd_una, self.sacked_bytes());
+        let mut rtt_measured = None;
         if self.sack_ok {
             for &(l, r) in h.options.sack() {
                 // Ignore blocks below the cumulative ACK (D-SACK) or beyond what we sent.
@@ -846,6 +857,7 @@ impl Conn {
             };
             if let Some(r) = rtt.filter(|r| *r < Duration::from_secs(120)) {
                 self.rtt_sample(env, r);
+                rtt_measured = Some(r);
             }
             if self.rtt_probe.is_some_and(|(s, _)| ack > s) {
                 self.rtt_probe = None;
@@ -902,6 +914,16 @@ impl Conn {
             if (payload_len == 0 && !window_changed && !fin) || new_sack {
                 self.dupacks += 1;
             }
+        }
+        let acked = if ack > snd_una_before {
+            ack.since(snd_una_before)
+        } else {
+            0
+        };
+        let delivered = (acked + self.sacked_bytes()).saturating_sub(sacked_before);
+        if delivered > 0 {
+            let mss = self.max_payload();
+            self.cc.on_delivered(now, delivered, rtt_measured, mss);
         }
         if new_sack {
             // Progress of a kind: the probe timer starts again from this ACK.
@@ -1070,7 +1092,9 @@ impl Conn {
             self.unacked_segs += 1;
             // RFC 9293 section 3.8.6.3 / RFC 5681 section 4.2: ACK at least every second
             // full-sized segment, and at once when a hole was filled.
-            if had_holes || self.unacked_segs >= 2 || env.cfg.delayed_ack.is_zero() {
+            let quick = self.quick_acks > 0;
+            self.quick_acks = self.quick_acks.saturating_sub(1);
+            if had_holes || quick || self.unacked_segs >= 2 || env.cfg.delayed_ack.is_zero() {
                 self.ack_now = true;
                 self.ack_at_once |= had_holes;
             } else if !self.ack_pending {
@@ -1094,6 +1118,9 @@ impl Conn {
             // which tells a SACK sender everything the per-segment ACKs would have, for one
             // write instead of many. A segment that opens a new block (a new hole) is answered
             // at once, since one ACK names only three blocks.
+            // The sender is recovering with a small window: a delayed ACK of the lone segment
+            // it sends after the repair would stall it for the whole delay.
+            self.quick_acks = QUICK_ACKS;
             let extends = self.last_ooo_end == Some(seq) && n > 0;
             if n > 0 {
                 self.last_ooo_end = Some(seq + n);

@@ -108,7 +108,7 @@ impl Default for TcpConfig {
             tx_buffer: 256 * 1024,
             time_wait: Duration::from_secs(2),
             fin_timeout: Duration::from_secs(60),
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
             nodelay: false,
             delayed_ack: Duration::from_millis(40),
             keepalive: None,
@@ -252,6 +252,7 @@ pub struct SocketInfo {
     pub sack: bool,
     pub timestamps: bool,
     pub snd_wnd: usize,
+    /// The receive window as last advertised, in bytes (a multiple of the window scale unit).
     pub rcv_wnd: usize,
     pub congestion: Congestion,
     pub bytes_sent: u64,

@@ -5,9 +5,11 @@
 //! `on_loss` when fast retransmit starts a recovery episode, `on_rto` when the retransmission
 //! timer fires. Everything is in bytes.
 
+mod bbr;
 mod cubic;
 mod newreno;
 
+pub use bbr::Bbr;
 pub use cubic::Cubic;
 pub use newreno::NewReno;
 
@@ -18,8 +20,10 @@ use std::fmt;
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Congestion {
     NewReno,
-    #[default]
     Cubic,
+    /// Model-based (bottleneck bandwidth and minimum RTT), blind to random loss.
+    #[default]
+    Bbr,
 }
 
 impl fmt::Display for Congestion {
@@ -27,6 +31,7 @@ impl fmt::Display for Congestion {
         f.write_str(match self {
             Congestion::NewReno => "newreno",
             Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
         })
     }
 }
@@ -40,6 +45,16 @@ pub trait CongestionControl: fmt::Debug + Send {
     fn on_loss(&mut self, now: Instant, flight: usize, mss: usize);
     /// The retransmission timer fired.
     fn on_rto(&mut self, now: Instant, flight: usize, mss: usize);
+    /// An ACK newly delivered `delivered` bytes (cumulatively or by SACK, in recovery too),
+    /// with the RTT it measured, if any. For model-based control; loss-based ones ignore it.
+    fn on_delivered(
+        &mut self,
+        _now: Instant,
+        _delivered: usize,
+        _rtt: Option<Duration>,
+        _mss: usize,
+    ) {
+    }
 }
 
 /// RFC 5681 section 3.1 and RFC 6675: the window after a loss never drops below two segments.
@@ -66,6 +81,7 @@ pub fn new(kind: Congestion, mss: usize) -> Box<dyn CongestionControl> {
     match kind {
         Congestion::NewReno => Box::new(NewReno::new(mss)),
         Congestion::Cubic => Box::new(Cubic::new(mss)),
+        Congestion::Bbr => Box::new(Bbr::new(mss)),
     }
 }
 

@@ -24,6 +24,8 @@ TARGETS = ["tunstack", "smoltcp", "kernel"]
 WORKLOADS = [
     ("bulk_to_stack", "Bulk TCP kernel → stack (discard, 1 GB)", "Mbit/s", "higher"),
     ("bulk_from_stack", "Bulk TCP stack → kernel (chargen, 1 GB)", "Mbit/s", "higher"),
+    ("bulk_to_stack_offload", "Bulk TCP kernel → stack with segmentation offload", "Mbit/s", "higher"),
+    ("bulk_from_stack_offload", "Bulk TCP stack → kernel with segmentation offload", "Mbit/s", "higher"),
     ("rr_pinned", "1-byte echo round trip, median, one CPU", "µs", "lower"),
     ("rr_pinned_p99", "1-byte echo round trip, p99, one CPU", "µs", "lower"),
     ("rr_unpinned", "1-byte echo round trip, median, unpinned", "µs", "lower"),

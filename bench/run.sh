@@ -5,7 +5,7 @@
 #
 #   bench/run.sh            full run (BENCH_ROUNDS rounds, default 3)
 #   bench/run.sh --smoke    one short round of a few workloads (< 1 minute)
-#   BENCH_ONLY=proto bench/run.sh   only some workload groups (icmp,tcp,loss,proto)
+#   BENCH_ONLY=proto bench/run.sh   only some workload groups (icmp,tcp,offload,loss,proto)
 #
 # Results: one JSON object per line in bench/results/latest.jsonl (smoke:
 # bench/results/smoke.jsonl), then a table on stdout. `bench/report.py write`
@@ -54,11 +54,12 @@ fi
 	echo "bench: BENCH_ROUNDS must be a positive integer" >&2
 	exit 2
 }
-# Workload groups to run (comma-separated): icmp, tcp (direct-path TCP), loss
-# (goodput through the lossy router), proto (protocols 170 and 171).
-ONLY=${BENCH_ONLY:-icmp,tcp,loss,proto}
-[[ $ONLY =~ ^(icmp|tcp|loss|proto)(,(icmp|tcp|loss|proto))*$ ]] || {
-	echo "bench: BENCH_ONLY is a comma-separated list of icmp, tcp, loss, proto" >&2
+# Workload groups to run (comma-separated): icmp, tcp (direct-path TCP), offload
+# (direct-path bulk TCP with segmentation offload), loss (goodput through the lossy
+# router), proto (protocols 170 and 171).
+ONLY=${BENCH_ONLY:-icmp,tcp,offload,loss,proto}
+[[ $ONLY =~ ^(icmp|tcp|offload|loss|proto)(,(icmp|tcp|offload|loss|proto))*$ ]] || {
+	echo "bench: BENCH_ONLY is a comma-separated list of icmp, tcp, offload, loss, proto" >&2
 	exit 2
 }
 want() {
@@ -241,6 +242,8 @@ tunstack_serves() {
 # reaches it without forwarding) or "lossy" (through r). Sets SERVER_PID and
 # SERVER_ADDR.
 SERVER_ADDR=""
+# Extra arguments for the tunstack node (the offload workloads add --offload).
+NODE_EXTRA=()
 start_server() {
 	local target=$1 side=$2 ns cidr addr logf i
 	logf=$TMP/$target-$side.log
@@ -261,6 +264,7 @@ start_server() {
 			if tunstack_serves; then
 				args+=(--serve echo:7 --serve discard:9 --serve chargen:19 --serve hold:5001)
 			fi
+			args+=("${NODE_EXTRA[@]}")
 			bg "$ns" "$logf" "$TUNSTACK" "${args[@]}"
 		fi
 	fi
@@ -348,6 +352,43 @@ tcp_workloads() {
 	run_gen "$t" rr_unpinned "$r" 25 "$TSBENCH" rr --to "$a:7" --count 10000 --max-secs 15
 	run_gen "$t" conn_rate "$r" 15 "$TSBENCH" connrate --to "$a:9" --secs 3
 	run_gen "$t" conc_10k "$r" 90 "$TSBENCH" hold --to "$a:7" --count 10000 --rss-pid "$SERVER_PID" --max-secs 60
+}
+
+# veth_offloads on|off: TSO/GSO/GRO and checksum offload of the direct kernel path.
+veth_offloads() {
+	command -v ethtool >/dev/null 2>&1 || return 0
+	nsx "$NS_C" ethtool -K bk-c tx "$1" tso "$1" gso "$1" gro "$1" >/dev/null 2>&1 || true
+	nsx "$NS_K" ethtool -K bk-k tx "$1" tso "$1" gso "$1" gro "$1" >/dev/null 2>&1 || true
+}
+
+# offload_workloads TARGET ROUND: bulk TCP with segmentation offload at the stack's
+# device, so one system call (or one skb) carries up to 64 KiB: tunstack with --offload
+# (IFF_VNET_HDR + TSO4 on its TUN), the kernel with TSO/GSO/GRO back on over veth.
+offload_workloads() {
+	local t=$1 r=$2 bytes=1000000000 cap=40 limit=50 w
+	[[ $MODE == smoke ]] && bytes=20000000 cap=8 limit=15
+	if [[ $t == smoltcp ]]; then
+		for w in bulk_to_stack_offload bulk_from_stack_offload; do
+			na "$t" "$w" "$r" "smoltcp-ref reads plain TUN packets (no virtio header, no TSO)"
+		done
+		return
+	fi
+	[[ $t == kernel ]] && veth_offloads on
+	[[ $t == tunstack ]] && NODE_EXTRA=(--offload)
+	start_server "$t" direct
+	local a=$SERVER_ADDR reason=""
+	[[ $t == tunstack ]] && reason=$(tcp_probe)
+	if [[ -n $reason ]]; then
+		na "$t" bulk_to_stack_offload "$r" "$reason"
+		na "$t" bulk_from_stack_offload "$r" "$reason"
+	else
+		run_gen "$t" bulk_to_stack_offload "$r" "$limit" "$TSBENCH" send --to "$a:9" --bytes "$bytes" --max-secs "$cap"
+		run_gen "$t" bulk_from_stack_offload "$r" "$limit" "$TSBENCH" recv --to "$a:19" --bytes "$bytes" --max-secs "$cap"
+	fi
+	stop_server
+	NODE_EXTRA=()
+	[[ $t == kernel ]] && veth_offloads off
+	return 0
 }
 
 LOSS_LEVELS=(0 1 5)
@@ -446,6 +487,10 @@ run_target() {
 			fi
 		fi
 		stop_server
+	fi
+
+	if want offload; then
+		offload_workloads "$t" "$r"
 	fi
 
 	if want loss; then

@@ -257,6 +257,15 @@ impl<D: Device + AsRawFd> Driver<D> {
                 imp.recycle(p);
             }
         }
+        match self.device.flush() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Err(e),
+            Err(e) => {
+                node.device.write_errors += 1;
+                log::debug!("device write failed: {e}");
+            }
+        }
+        node.device.absorb(self.device.stats());
         // After the writes, so the RST this turn sent is in the ring too.
         while let Some(r) = node.stack.tcp.poll_reset() {
             if let (Some(d), Some(ts)) = (self.rst_dump.as_mut(), wall) {

@@ -167,6 +167,10 @@ pub struct StackOpts {
     #[arg(long, value_name = "DIR")]
     pub rst_dump: Option<PathBuf>,
 
+    /// TCP segmentation offload on the TUN device (IFF_VNET_HDR, TSO4): the kernel and the node exchange TCP super-segments of up to 64 KiB, one system call each instead of one per MTU-sized packet; tcpdump on the device shows the super-segments, --pcap the node's own segments. Not with inbound impairment, which must see wire-sized packets
+    #[arg(long, conflicts_with_all = ["impair", "impair_in", "impair_rules"])]
+    pub offload: bool,
+
     /// TCP connections in any state, TIME-WAIT included [default: 16384]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -301,6 +305,7 @@ impl StackOpts {
         cfg.seed = self.seed.unwrap_or_else(os_random_u64);
         cfg.impair_rules = self.impair_rules.clone().unwrap_or_default();
         cfg.rst_dump = self.rst_dump.clone();
+        cfg.offload = self.offload;
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         cfg.limits = crate::node::limits::Limits {
             max_connections: self.max_connections,

@@ -12,6 +12,7 @@
 use std::io::{self, Write};
 
 pub mod mem;
+pub mod offload;
 pub mod pcap;
 pub mod ring;
 pub mod tun;
@@ -30,8 +31,33 @@ pub trait Device {
     /// TUN driver does, so callers size `buf` for the device MTU.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
 
-    /// Writes one whole packet.
+    /// Writes one whole packet. A device may hold it back to join it with the next ones
+    /// (segmentation offload) until [`flush`](Self::flush).
     fn send(&mut self, pkt: &[u8]) -> io::Result<()>;
+
+    /// Writes whatever `send` held back. The driver calls it at the end of every turn.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// What the device counted on its own.
+    fn stats(&self) -> DeviceStats {
+        DeviceStats::default()
+    }
+}
+
+/// Counters kept by a device itself, below what the driver sees.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Writes the kernel refused because its queue was full (the packet is lost, as on a link).
+    pub send_drops: u64,
+    /// Super-segments read (a GSO type in the virtio header).
+    pub offload_rx_super: u64,
+    /// Reads dropped for a malformed virtio header.
+    pub offload_rx_bad: u64,
+    /// Super-segments written, and the segments they carried.
+    pub offload_tx_super: u64,
+    pub offload_tx_segments: u64,
 }
 
 impl<D: Device + ?Sized> Device for &mut D {
@@ -42,6 +68,14 @@ impl<D: Device + ?Sized> Device for &mut D {
     fn send(&mut self, pkt: &[u8]) -> io::Result<()> {
         (**self).send(pkt)
     }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        (**self).stats()
+    }
 }
 
 impl<D: Device + ?Sized> Device for Box<D> {
@@ -51,6 +85,14 @@ impl<D: Device + ?Sized> Device for Box<D> {
 
     fn send(&mut self, pkt: &[u8]) -> io::Result<()> {
         (**self).send(pkt)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        (**self).stats()
     }
 }
 
@@ -132,6 +174,14 @@ impl<D: Device, W: Write> Device for Tapped<D, W> {
         // what really went out.
         self.capture(pkt);
         Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.inner.stats()
     }
 }
 

@@ -15,13 +15,15 @@
 //! (`SourceFd`) and drains it until [`Device::recv`] returns `Ok(None)`.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use tun_tap::{Iface, Mode};
 
-use super::Device;
+use super::offload::{complete_checksum, TsoBatch, VnetHdr, GSO_NONE, VNET_HDR_LEN};
+use super::{Device, DeviceStats};
 
 /// Where the kernel's TUN clone device lives.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -154,40 +156,201 @@ pub fn classify_open_error(name: &str, err: io::Error) -> DeviceError {
 /// A TUN device in non-blocking mode, carrying bare IP packets.
 #[derive(Debug)]
 pub struct TunDevice {
-    iface: Iface,
-    /// Packets the kernel refused because its queue was full (EAGAIN/ENOBUFS).
-    send_drops: u64,
+    io: Io,
+    stats: DeviceStats,
+}
+
+#[derive(Debug)]
+enum Io {
+    /// One bare IP packet per read and write, through the tun-tap crate.
+    Plain(Iface),
+    /// `IFF_VNET_HDR` with TSO (see [`super::offload`]): opened here, since the crate has no
+    /// way to ask for the header.
+    Offload {
+        file: File,
+        name: String,
+        batch: TsoBatch,
+    },
 }
 
 impl TunDevice {
     /// Attaches to the TUN device `name`, creating it if it does not exist.
     pub fn open(name: &str) -> Result<Self, DeviceError> {
+        Self::open_with(name, false)
+    }
+
+    /// As [`open`](Self::open); with `offload`, TCP moves through the device in super-segments
+    /// of up to 64 KiB (see [`super::offload`]).
+    pub fn open_with(name: &str, offload: bool) -> Result<Self, DeviceError> {
         validate_name(name)?;
         if !Path::new(TUN_PATH).exists() {
             return Err(DeviceError::TunMissing);
         }
-        let iface = Iface::without_packet_info(name, Mode::Tun)
-            .map_err(|e| classify_open_error(name, e))?;
-        set_non_blocking(iface.as_raw_fd()).map_err(|source| DeviceError::Io {
-            name: name.into(),
-            what: "switching to non-blocking mode failed",
-            source,
-        })?;
-        Ok(TunDevice {
-            iface,
-            send_drops: 0,
-        })
+        let io_err = |what: &'static str| {
+            move |source| DeviceError::Io {
+                name: name.into(),
+                what,
+                source,
+            }
+        };
+        let io = if offload {
+            let (file, kernel_name) = open_vnet(name)?;
+            set_offload(file.as_raw_fd(), libc::TUN_F_CSUM | libc::TUN_F_TSO4)
+                .map_err(io_err("enabling TSO on the device failed"))?;
+            Io::Offload {
+                file,
+                name: kernel_name,
+                batch: TsoBatch::new(),
+            }
+        } else {
+            let iface = Iface::without_packet_info(name, Mode::Tun)
+                .map_err(|e| classify_open_error(name, e))?;
+            // A persistent device keeps the offloads an earlier `--offload` run switched on;
+            // without the header the kernel would hand this reader super-segments.
+            set_offload(iface.as_raw_fd(), 0).map_err(io_err("resetting offloads failed"))?;
+            Io::Plain(iface)
+        };
+        let dev = TunDevice {
+            io,
+            stats: DeviceStats::default(),
+        };
+        set_non_blocking(dev.as_raw_fd())
+            .map_err(io_err("switching to non-blocking mode failed"))?;
+        Ok(dev)
     }
 
     /// The interface name the kernel settled on.
     pub fn name(&self) -> &str {
-        self.iface.name()
+        match &self.io {
+            Io::Plain(iface) => iface.name(),
+            Io::Offload { name, .. } => name,
+        }
     }
 
     /// Packets dropped because the kernel could not take them right away.
     pub fn send_drops(&self) -> u64 {
-        self.send_drops
+        self.stats.send_drops
     }
+
+    /// Whether the device moves TCP super-segments.
+    pub fn offload(&self) -> bool {
+        matches!(self.io, Io::Offload { .. })
+    }
+
+    fn write_offload(&mut self, hdr: &[u8], pkt: &[u8]) -> io::Result<()> {
+        let Io::Offload { file, .. } = &self.io else {
+            unreachable!("write_offload on a plain device");
+        };
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: pkt.as_ptr() as *mut libc::c_void,
+                iov_len: pkt.len(),
+            },
+        ];
+        // SAFETY: both iovecs point into live slices for the duration of the call; the kernel
+        // only reads them.
+        let n = unsafe { libc::writev(file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes the pending super-segment, if any.
+    fn flush_batch(&mut self) -> io::Result<()> {
+        let Io::Offload { file, batch, .. } = &mut self.io else {
+            return Ok(());
+        };
+        let segments = batch.segments();
+        let Some(bytes) = batch.finish() else {
+            return Ok(());
+        };
+        if segments > 1 {
+            self.stats.offload_tx_super += 1;
+            self.stats.offload_tx_segments += segments as u64;
+        }
+        let fd = file.as_raw_fd();
+        let result = loop {
+            // SAFETY: `bytes` is a live slice; the kernel only reads it.
+            let n = unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
+            if n >= 0 {
+                break Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                break Err(e);
+            }
+        };
+        self.sent(result)
+    }
+
+    /// Applies the device's write policy to the outcome of one write.
+    fn sent(&mut self, result: io::Result<()>) -> io::Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            // A full queue is congestion, not a fault: lose the packet as a real link would
+            // and let the protocols recover.
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                self.stats.send_drops += 1;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "write to TUN device '{}' failed (EIO): is the interface up?",
+                    self.name()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `open` + `TUNSETIFF` with `IFF_VNET_HDR`, as the tun-tap crate does without it. Returns the
+/// file and the name the kernel confirmed.
+fn open_vnet(name: &str) -> Result<(File, String), DeviceError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_PATH)
+        .map_err(|e| classify_open_error(name, e))?;
+    // struct ifreq: the name (IFNAMSIZ bytes), then a union whose first member is the flags.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough for.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) } < 0 {
+        return Err(classify_open_error(name, io::Error::last_os_error()));
+    }
+    let hdr_len = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+        return Err(DeviceError::Io {
+            name: name.into(),
+            what: "setting the virtio header size failed",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let end = ifr[..16].iter().position(|&b| b == 0).unwrap_or(16);
+    let kernel_name = String::from_utf8_lossy(&ifr[..end]).into_owned();
+    Ok((file, kernel_name))
+}
+
+fn set_offload(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 // The crate's own `set_non_blocking` needs a feature we do not enable; the
@@ -207,14 +370,52 @@ fn set_non_blocking(fd: RawFd) -> io::Result<()> {
 
 impl AsRawFd for TunDevice {
     fn as_raw_fd(&self) -> RawFd {
-        self.iface.as_raw_fd()
+        match &self.io {
+            Io::Plain(iface) => iface.as_raw_fd(),
+            Io::Offload { file, .. } => file.as_raw_fd(),
+        }
     }
 }
 
 impl Device for TunDevice {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            match self.iface.recv(buf) {
+            let got = match &mut self.io {
+                Io::Plain(iface) => iface.recv(buf),
+                Io::Offload { file, .. } => {
+                    let mut hdr = [0u8; VNET_HDR_LEN];
+                    let iov = [
+                        libc::iovec {
+                            iov_base: hdr.as_mut_ptr() as *mut libc::c_void,
+                            iov_len: hdr.len(),
+                        },
+                        libc::iovec {
+                            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                            iov_len: buf.len(),
+                        },
+                    ];
+                    // SAFETY: both iovecs point into live, writable buffers of the given length.
+                    let n = unsafe { libc::readv(file.as_raw_fd(), iov.as_ptr(), 2) };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else if (n as usize) < VNET_HDR_LEN {
+                        self.stats.offload_rx_bad += 1;
+                        continue;
+                    } else {
+                        let n = n as usize - VNET_HDR_LEN;
+                        let hdr = VnetHdr::parse(&hdr);
+                        if hdr.gso_type != GSO_NONE {
+                            self.stats.offload_rx_super += 1;
+                        }
+                        if complete_checksum(&mut buf[..n], &hdr).is_err() {
+                            self.stats.offload_rx_bad += 1;
+                            continue;
+                        }
+                        Ok(n)
+                    }
+                }
+            };
+            match got {
                 Ok(n) => return Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -225,30 +426,32 @@ impl Device for TunDevice {
 
     fn send(&mut self, pkt: &[u8]) -> io::Result<()> {
         loop {
-            match self.iface.send(pkt) {
-                Ok(_) => return Ok(()),
+            let result = match &mut self.io {
+                Io::Plain(iface) => iface.send(pkt).map(|_| ()),
+                Io::Offload { batch, .. } => {
+                    if batch.offer(pkt) {
+                        return Ok(());
+                    }
+                    if !batch.is_empty() {
+                        self.flush_batch()?;
+                        continue;
+                    }
+                    self.write_offload(&[0u8; VNET_HDR_LEN], pkt)
+                }
+            };
+            match result {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A full queue is congestion, not a fault: lose the packet as
-                // a real link would and let the protocols recover.
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
-                {
-                    self.send_drops += 1;
-                    return Ok(());
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "write to TUN device '{}' failed (EIO): is the interface up?",
-                            self.name()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(e),
+                other => return self.sent(other),
             }
         }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_batch()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
     }
 }
 

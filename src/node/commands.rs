@@ -355,6 +355,13 @@ fn status(h: &NodeHandle, args: &[String], out: &mut dyn Write) -> CommandResult
         "device  read {} pkts, written {} pkts, write drops {}, write errors {}",
         dev["packets_read"], dev["packets_written"], dev["write_drops"], dev["write_errors"]
     );
+    if dev["offload_in"].as_u64().unwrap_or(0) + dev["offload_out"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            s,
+            "offload TCP super-segments read {}, written {} (carrying {} segments), bad headers {}",
+            dev["offload_in"], dev["offload_out"], dev["offload_out_segments"], dev["offload_bad"]
+        );
+    }
     for dir in ["in", "out"] {
         let i = &v["impair"][dir];
         if !i.is_null() {

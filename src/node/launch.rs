@@ -158,6 +158,8 @@ pub struct LaunchConfig {
     pub limits: Limits,
     /// Write the recent packets of each reset connection as a pcap into this directory.
     pub rst_dump: Option<PathBuf>,
+    /// TCP segmentation offload on the TUN device (see `device::offload`).
+    pub offload: bool,
     /// Protocol-170 retransmission settings.
     pub msg: MsgTuning,
 }
@@ -180,6 +182,7 @@ impl LaunchConfig {
             peers: Vec::new(),
             limits: Limits::default(),
             rst_dump: None,
+            offload: false,
             msg: MsgTuning::default(),
         }
     }
@@ -266,7 +269,7 @@ pub fn launch<E: From<LaunchError>>(
     configure: impl FnOnce(&mut StackConfig),
     setup: impl FnOnce(&mut Node) -> Result<(), E>,
 ) -> Result<Prepared, E> {
-    let device = TunDevice::open(&cfg.tun).map_err(LaunchError::Device)?;
+    let device = TunDevice::open_with(&cfg.tun, cfg.offload).map_err(LaunchError::Device)?;
     let pcap = match &cfg.pcap {
         Some(path) => {
             let capture =

@@ -20,6 +20,7 @@ mod msg_commands;
 mod tcp_bench;
 mod tcp_commands;
 
+use crate::device::DeviceStats;
 use crate::impair::rules::RuleSet;
 use crate::impair::{ImpairSpec, Impairment};
 use crate::stack::Stack;
@@ -57,6 +58,23 @@ pub struct DeviceCounters {
     /// `--rst-dump` captures written, and resets not dumped (rate limit, file cap, write error).
     pub rst_dumps_written: u64,
     pub rst_dumps_skipped: u64,
+    /// `--offload`: TCP super-segments read and written, and the segments those written held.
+    pub offload_in: u64,
+    pub offload_out: u64,
+    pub offload_out_segments: u64,
+    /// Reads dropped for a malformed virtio header.
+    pub offload_bad: u64,
+}
+
+impl DeviceCounters {
+    /// Takes over what the device counts itself.
+    pub fn absorb(&mut self, s: DeviceStats) {
+        self.write_drops = s.send_drops;
+        self.offload_in = s.offload_rx_super;
+        self.offload_out = s.offload_tx_super;
+        self.offload_out_segments = s.offload_tx_segments;
+        self.offload_bad = s.offload_rx_bad;
+    }
 }
 
 /// Status of something running beside the node (the relay), as JSON, for `ctl`.

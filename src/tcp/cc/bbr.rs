@@ -12,7 +12,10 @@
 //! STARTUP (the window grows with every delivered byte until the bandwidth stops growing by a
 //! quarter for three intervals), PROBE_BW (window = 2 x bandwidth x min RTT) and PROBE_RTT (the
 //! window drops to four segments for 200 ms when the minimum RTT is 10 s old, so queues drain
-//! and the floor is measured again).
+//! and the floor is measured again). As in Linux's BBR, the window also covers ACK aggregation:
+//! a user-space stack reads ACKs in batches, one per turn of its loop, so deliveries arrive in
+//! bursts well above the bandwidth estimate; without the burst on top, twice the product of the
+//! bandwidth and the (idle) minimum RTT starves the sender between turns.
 
 use super::{initial_window, CongestionControl};
 use crate::time::{Duration, Instant};
@@ -50,6 +53,13 @@ pub struct Bbr {
     /// samples since did not.
     full_bw: f64,
     full_bw_count: u32,
+    /// ACK aggregation: the current epoch (since deliveries last fell behind the bandwidth
+    /// estimate) and what it delivered; the largest excess over the estimate in this interval,
+    /// and in the last `BW_WINDOW` intervals.
+    ack_epoch: Option<Instant>,
+    ack_epoch_bytes: usize,
+    extra_now: usize,
+    extra_samples: VecDeque<usize>,
 }
 
 impl Bbr {
@@ -64,6 +74,10 @@ impl Bbr {
             min_rtt: None,
             full_bw: 0.0,
             full_bw_count: 0,
+            ack_epoch: None,
+            ack_epoch_bytes: 0,
+            extra_now: 0,
+            extra_samples: VecDeque::with_capacity(BW_WINDOW),
         }
     }
 
@@ -75,11 +89,34 @@ impl Bbr {
         4 * self.mss
     }
 
-    /// Twice the bandwidth-delay product, once both are known.
+    /// Twice the bandwidth-delay product plus the recent ACK aggregation, once both are known.
     fn target(&self) -> Option<usize> {
         let (rtt, _) = self.min_rtt?;
         let bw = self.max_bw();
-        (bw > 0.0).then(|| ((CWND_GAIN * bw * rtt.as_secs_f64()) as usize).max(self.floor()))
+        let extra = self
+            .extra_samples
+            .iter()
+            .copied()
+            .fold(self.extra_now, usize::max);
+        (bw > 0.0)
+            .then(|| ((CWND_GAIN * bw * rtt.as_secs_f64()) as usize + extra).max(self.floor()))
+    }
+
+    /// Tracks how far deliveries run ahead of the bandwidth estimate (Linux's `extra_acked`).
+    fn sample_aggregation(&mut self, now: Instant, delivered: usize) {
+        let bw = self.max_bw();
+        let mut expected = match self.ack_epoch {
+            Some(start) => bw * now.saturating_since(start).as_secs_f64(),
+            None => f64::INFINITY,
+        };
+        if self.ack_epoch_bytes as f64 <= expected {
+            self.ack_epoch = Some(now);
+            self.ack_epoch_bytes = 0;
+            expected = 0.0;
+        }
+        self.ack_epoch_bytes += delivered;
+        let extra = (self.ack_epoch_bytes as f64 - expected).max(0.0) as usize;
+        self.extra_now = self.extra_now.max(extra.min(self.cwnd));
     }
 
     fn sample_rtt(&mut self, now: Instant, rtt: Duration) {
@@ -116,6 +153,11 @@ impl Bbr {
             self.samples.pop_front();
         }
         self.samples.push_back(bw);
+        if self.extra_samples.len() == BW_WINDOW {
+            self.extra_samples.pop_front();
+        }
+        self.extra_samples
+            .push_back(std::mem::take(&mut self.extra_now));
         self.interval_bytes = 0;
         self.interval_start = Some(now);
         if self.state == State::Startup {
@@ -160,6 +202,7 @@ impl CongestionControl for Bbr {
             }
         }
         self.interval_bytes += delivered;
+        self.sample_aggregation(now, delivered);
         self.end_interval(now);
         match self.state {
             State::Startup => {

@@ -42,8 +42,11 @@ rtt_ms() {
 for i in 1 2 3; do
 	start_relay "$i"
 done
+# Each server must know both others before a client asks one for the list: the list a
+# client measures is what its first server knows at that moment.
 for i in 1 2 3; do
-	wait_for "grep -q 'discovered server' '$TS_TMP/r$i.log'" 15 || fail "relay $i found no other server: $(tail -3 "$TS_TMP/r$i.log")"
+	wait_for "relay_json $i | python3 -c 'import json,sys; d=json.load(sys.stdin); assert len({s[\"addr\"] for s in d[\"servers\"]}) >= 2'" 15 ||
+		fail "relay $i does not know both other servers: $(relay_json "$i" | head -c 400)"
 done
 
 log "baseline without delay: amy (in ts-n1, seeded at server 1) picks the fastest"

@@ -172,8 +172,12 @@ impl Ring {
 #[derive(Debug, Default)]
 pub struct Assembler {
     ranges: Vec<(SeqNumber, SeqNumber)>,
-    /// The range that most recently grew, reported first in SACK (RFC 2018 section 4).
-    last: Option<SeqNumber>,
+    /// The ranges that most recently grew, newest first, each named by a sequence number inside
+    /// it (ranges merge, so their bounds change). SACK reports them in this order (RFC 2018
+    /// section 4), so each block goes out in several ACKs and one lost ACK loses nothing; a
+    /// sender that first hears of a block through the cumulative ACK takes it for reordering
+    /// (Linux then raises its reordering estimate and waits far longer before retransmitting).
+    recent: Vec<SeqNumber>,
 }
 
 impl Assembler {
@@ -188,7 +192,7 @@ impl Assembler {
         Assembler {
             // Grows on the first out-of-order segment: most connections never see one.
             ranges: Vec::new(),
-            last: None,
+            recent: Vec::new(),
         }
     }
 
@@ -219,8 +223,19 @@ impl Assembler {
             return false;
         }
         self.ranges.splice(i..j, std::iter::once((s, e)));
-        self.last = Some(s);
+        self.recent.retain(|&p| p < s || p >= e);
+        self.recent.insert(0, start);
+        self.recent.truncate(Self::RECENT);
         true
+    }
+
+    /// Recently grown ranges remembered: as many as one ACK can carry.
+    const RECENT: usize = 4;
+
+    /// The range that holds `p`, if any.
+    fn range_of(&self, p: SeqNumber) -> Option<(SeqNumber, SeqNumber)> {
+        let i = self.ranges.partition_point(|r| r.1 <= p);
+        self.ranges.get(i).copied().filter(|r| r.0 <= p)
     }
 
     /// Called when RCV.NXT reaches `next`: removes the range that starts there (or covers it)
@@ -237,16 +252,24 @@ impl Assembler {
         end
     }
 
-    /// SACK blocks: the most recently changed range first, then the others from the top.
+    /// SACK blocks: the most recently changed ranges first, newest first, then the others from
+    /// the top, as many as fit.
     pub fn sack_blocks(&self, out: &mut super::wire::TcpOptions) {
-        let recent = self
-            .last
-            .and_then(|s| self.ranges.iter().find(|r| r.0 == s));
-        if let Some(&r) = recent {
-            out.push_sack(r);
+        let mut sent: [Option<(SeqNumber, SeqNumber)>; Self::RECENT] = [None; Self::RECENT];
+        let mut n = 0;
+        for &p in &self.recent {
+            let Some(r) = self.range_of(p) else { continue };
+            if sent[..n].contains(&Some(r)) {
+                continue;
+            }
+            if !out.push_sack(r) {
+                return;
+            }
+            sent[n] = Some(r);
+            n += 1;
         }
         for &r in self.ranges.iter().rev() {
-            if Some(&r) != recent && !out.push_sack(r) {
+            if !sent[..n].contains(&Some(r)) && !out.push_sack(r) {
                 break;
             }
         }
@@ -254,7 +277,7 @@ impl Assembler {
 
     pub fn clear(&mut self) {
         self.ranges.clear();
-        self.last = None;
+        self.recent.clear();
     }
 }
 
@@ -415,6 +438,39 @@ mod tests {
         assert!(!a.add(SeqNumber(1 << 30), SeqNumber((1 << 30) + 1)));
         // Growing an existing range is still fine.
         assert!(a.add(SeqNumber(5), SeqNumber(7)));
+    }
+
+    /// RFC 2018 section 4: a block that changed recently is repeated in the next ACKs even when
+    /// newer data lands above it, so a sender learns that its retransmission arrived although
+    /// one ACK was lost or a later one reported new data first.
+    #[test]
+    fn test_assembler_repeats_recently_changed_blocks() {
+        let mut a = Assembler::new();
+        for k in 1..=8u32 {
+            a.add(SeqNumber(k * 100), SeqNumber(k * 100 + 10));
+        }
+        // A retransmission fills part of a low hole and joins the block above it...
+        a.add(SeqNumber(150), SeqNumber(200));
+        // ...then new data extends the top block.
+        a.add(SeqNumber(810), SeqNumber(820));
+        let mut o = crate::tcp::wire::TcpOptions::default();
+        a.sack_blocks(&mut o);
+        assert_eq!(
+            o.sack(),
+            &[
+                (SeqNumber(800), SeqNumber(820)),
+                (SeqNumber(150), SeqNumber(210)),
+                (SeqNumber(700), SeqNumber(710)),
+                (SeqNumber(600), SeqNumber(610)),
+            ]
+        );
+        // Once the cumulative ACK passes a remembered block it is no longer named.
+        a.advance(SeqNumber(100));
+        a.advance(SeqNumber(150));
+        let mut o = crate::tcp::wire::TcpOptions::default();
+        a.sack_blocks(&mut o);
+        assert_eq!(o.sack()[0], (SeqNumber(800), SeqNumber(820)));
+        assert!(!o.sack().contains(&(SeqNumber(150), SeqNumber(210))));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod cat;
+pub mod cc;
 pub mod cli;
 pub mod device;
 pub mod driver;

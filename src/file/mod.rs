@@ -24,6 +24,7 @@ pub mod ranges;
 pub mod store;
 pub mod wire;
 
+use crate::cc::{self, Congestion, CongestionControl};
 use crate::ip::pmtu::PathMtuCache;
 use crate::ip::{IcmpError, IcmpErrorKind, IpPacket, SendOptions, Transport, Tx};
 use crate::rand::Rng;
@@ -51,6 +52,12 @@ const BLACK_HOLE_TIMEOUTS: u32 = 2;
 const DATA_PACKET_OVERHEAD: usize = crate::wire::ipv4::HEADER_LEN + HEADER_LEN + DATA_OVERHEAD;
 
 /// The chunk size whose DATA packets fill `mtu` exactly.
+/// How many chunks a transfer may have in flight: its congestion window in chunks, at least
+/// two, at most `max_window`.
+fn window(o: &Outgoing, cfg: &FileConfig) -> usize {
+    (o.cc.cwnd() / (o.chunk_size as usize).max(1)).clamp(2, cfg.max_window.max(2) as usize)
+}
+
 fn chunk_for_mtu(mtu: usize) -> u32 {
     mtu.saturating_sub(DATA_PACKET_OVERHEAD).max(MIN_CHUNK) as u32
 }
@@ -67,8 +74,10 @@ pub struct FileConfig {
     pub initial_rto: Duration,
     pub min_rto: Duration,
     pub max_rto: Duration,
-    /// Congestion window limits, in chunks.
-    pub initial_window: u32,
+    /// Congestion control of each outgoing transfer (the same algorithms as TCP's, counted in
+    /// chunks of the transfer): BBR by default, which random loss on a lab path does not shrink.
+    pub congestion: Congestion,
+    /// The congestion window never exceeds this many chunks.
     pub max_window: u32,
     /// How far beyond the first missing chunk a receiver accepts chunks.
     pub receive_window: u32,
@@ -90,8 +99,8 @@ impl Default for FileConfig {
             initial_rto: Duration::from_millis(500),
             min_rto: Duration::from_millis(50),
             max_rto: Duration::from_secs(10),
-            initial_window: 16,
-            max_window: 2048,
+            congestion: Congestion::default(),
+            max_window: 448,
             receive_window: 4096,
             checkpoint_every: 2048,
             idle_timeout: Duration::from_secs(60),
@@ -248,8 +257,8 @@ struct Outgoing {
     lost: VecDeque<u32>,
     next_new: u32,
     next_pn: u32,
-    cwnd: f64,
-    ssthresh: f64,
+    /// In bytes, with the chunk size as its segment size.
+    cc: Box<dyn CongestionControl>,
     recovery_pn: u32,
     rtt: RttEstimator,
     /// The last round trip measured (RACK uses the larger of it and the smoothed one).
@@ -511,8 +520,7 @@ impl FileEndpoint {
                 lost: VecDeque::new(),
                 next_new: 0,
                 next_pn: 0,
-                cwnd: self.cfg.initial_window as f64,
-                ssthresh: self.cfg.max_window as f64,
+                cc: cc::new(self.cfg.congestion, chunk_size as usize),
                 recovery_pn: 0,
                 rtt: RttEstimator::new(self.cfg.initial_rto, self.cfg.min_rto, self.cfg.max_rto),
                 latest_rtt: Duration::ZERO,
@@ -1028,7 +1036,6 @@ impl FileEndpoint {
     }
 
     fn on_ack(&mut self, now: Instant, id: u64, largest: u32, cum: u32, r: &[(u32, u32)]) {
-        let cfg = &self.cfg;
         let o = self.outgoing.get_mut(&id).expect("caller checked");
         if o.state != OutState::Sending {
             return;
@@ -1076,19 +1083,16 @@ impl FileEndpoint {
             o.probes = 0;
             o.due = now + o.rtt.rto();
         }
-        for _ in 0..newly {
-            o.cwnd += if o.cwnd < o.ssthresh {
-                1.0
-            } else {
-                1.0 / o.cwnd
-            };
+        let chunk = o.chunk_size as usize;
+        if newly > 0 {
+            let bytes = newly as usize * chunk;
+            o.cc.on_delivered(now, bytes, sample, chunk);
+            o.cc.on_ack(now, bytes, chunk, o.latest_rtt);
         }
-        o.cwnd = o.cwnd.min(cfg.max_window as f64);
         if let Some(pn) = lost_any {
             // One reduction per round trip: losses from the same window count once.
             if (pn.wrapping_sub(o.recovery_pn) as i32) >= 0 {
-                o.cwnd = (o.cwnd / 2.0).max(2.0);
-                o.ssthresh = o.cwnd;
+                o.cc.on_loss(now, o.inflight.len() * chunk, chunk);
                 o.recovery_pn = o.next_pn;
             }
         }
@@ -1255,9 +1259,9 @@ impl FileEndpoint {
                         );
                     }
                     let chunks: Vec<u32> = o.inflight.drain(..).map(|e| e.1).collect();
+                    let chunk = o.chunk_size as usize;
+                    o.cc.on_rto(now, chunks.len() * chunk, chunk);
                     o.lost.extend(chunks);
-                    o.ssthresh = (o.cwnd / 2.0).max(2.0);
-                    o.cwnd = 2.0;
                     o.recovery_pn = o.next_pn;
                     o.due = now + timeout(o, &self.cfg);
                 }
@@ -1270,7 +1274,7 @@ impl FileEndpoint {
         let mut buf = std::mem::take(&mut self.buf);
         loop {
             let o = self.outgoing.get_mut(&id).expect("caller checked");
-            if o.inflight.len() as f64 >= o.cwnd.floor() || tx.room() == 0 {
+            if o.inflight.len() >= window(o, &self.cfg) || tx.room() == 0 {
                 break;
             }
             let mut chunk = None;
@@ -1443,7 +1447,7 @@ impl Transport for FileEndpoint {
         }
         for o in self.outgoing.values() {
             let ready = o.state == OutState::Sending
-                && (o.inflight.len() as f64) < o.cwnd.floor()
+                && o.inflight.len() < window(o, &self.cfg)
                 && (!o.lost.is_empty()
                     || o.acked.next_missing(o.next_new)
                         < o.n_chunks.min(

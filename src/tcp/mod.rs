@@ -10,7 +10,8 @@
 //!
 //! See `docs/tcp.md` for what is implemented, with RFC references.
 
-pub mod cc;
+/// Congestion control lives beside the transports that use it (TCP and protocol 171).
+pub use crate::cc;
 mod conn;
 pub mod events;
 pub mod isn;

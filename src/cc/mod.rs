@@ -1,9 +1,11 @@
-//! Congestion control behind one trait, so the connection's loss recovery is written once and
-//! the window policy is chosen per stack (`TcpConfig::congestion`).
+//! Congestion control behind one trait, so a transport's loss recovery is written once and the
+//! window policy is chosen per stack (`TcpConfig::congestion`, `FileConfig::congestion`). Used
+//! by TCP and by protocol 171's file transfers, which is why it sits beside them, not in either.
 //!
-//! The connection calls in: `on_ack` for newly acknowledged bytes outside loss recovery,
-//! `on_loss` when fast retransmit starts a recovery episode, `on_rto` when the retransmission
-//! timer fires. Everything is in bytes.
+//! The transport calls in: `on_ack` for newly acknowledged bytes outside loss recovery,
+//! `on_delivered` for every newly delivered byte with its RTT sample, `on_loss` when a loss
+//! starts a recovery episode, `on_rto` when the retransmission timer fires. Everything is in
+//! bytes; `mss` is the transport's packet payload (a TCP segment, a 171 chunk).
 
 mod bbr;
 mod cubic;

@@ -85,6 +85,10 @@ found=$(find "$DATA_B/received" -maxdepth 1 -type f -name '*etc*x*' -print -quit
 log "../../etc/x arrived as received/$(basename "$found")"
 
 log "receiver killed (SIGKILL) in the middle of a transfer, then restarted"
+# 30 MB take a fifth of a second at full speed, less than it takes to notice the transfer
+# running: ts-a's router holds protocol 171 to 10 MB/s, so the kill lands mid-transfer.
+ip netns exec "$NS_A" nft add chain inet tsloss slow '{ type filter hook forward priority 1; policy accept; }'
+ip netns exec "$NS_A" nft add rule inet tsloss slow meta l4proto 171 limit rate over 10 mbytes/second drop
 head -c 30000000 /dev/urandom >"$TS_TMP/resume.bin"
 want=$(sha256sum "$TS_TMP/resume.bin" | cut -d' ' -f1)
 cta file 198.18.2.2 "$TS_TMP/resume.bin" >"$TS_TMP/resume.out" 2>&1 &

@@ -111,7 +111,8 @@ struct Template {
     ports: [u8; 4],
     ack: [u8; 4],
     window: [u8; 2],
-    options: Vec<u8>,
+    /// The TCP options, as bytes (at most 40): compared, never interpreted.
+    options: ([u8; 40], u8),
 }
 
 /// A TCP data segment the batch can take, with what a batch needs of it.
@@ -151,7 +152,11 @@ fn parse_segment(pkt: &[u8]) -> Option<Segment<'_>> {
             ports: tcp[0..4].try_into().ok()?,
             ack: tcp[8..12].try_into().ok()?,
             window: tcp[14..16].try_into().ok()?,
-            options: tcp[20..doff].to_vec(),
+            options: {
+                let mut o = [0u8; 40];
+                o[..doff - 20].copy_from_slice(&tcp[20..doff]);
+                (o, (doff - 20) as u8)
+            },
         },
         seq: u32::from_be_bytes(tcp[4..8].try_into().ok()?),
         flags,

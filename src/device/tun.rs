@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
@@ -241,24 +241,10 @@ impl TunDevice {
         let Io::Offload { file, .. } = &self.io else {
             unreachable!("write_offload on a plain device");
         };
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: pkt.as_ptr() as *mut libc::c_void,
-                iov_len: pkt.len(),
-            },
-        ];
-        // SAFETY: both iovecs point into live slices for the duration of the call; the kernel
-        // only reads them.
-        let n = unsafe { libc::writev(file.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        // One writev: the TUN driver takes each write as one packet.
+        (&*file)
+            .write_vectored(&[IoSlice::new(hdr), IoSlice::new(pkt)])
+            .map(drop)
     }
 
     /// Writes the pending super-segment, if any.
@@ -274,16 +260,10 @@ impl TunDevice {
             self.stats.offload_tx_super += 1;
             self.stats.offload_tx_segments += segments as u64;
         }
-        let fd = file.as_raw_fd();
         let result = loop {
-            // SAFETY: `bytes` is a live slice; the kernel only reads it.
-            let n = unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
-            if n >= 0 {
-                break Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                break Err(e);
+            match (&*file).write(bytes) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.map(drop),
             }
         };
         self.sent(result)
@@ -384,34 +364,26 @@ impl Device for TunDevice {
                 Io::Plain(iface) => iface.recv(buf),
                 Io::Offload { file, .. } => {
                     let mut hdr = [0u8; VNET_HDR_LEN];
-                    let iov = [
-                        libc::iovec {
-                            iov_base: hdr.as_mut_ptr() as *mut libc::c_void,
-                            iov_len: hdr.len(),
-                        },
-                        libc::iovec {
-                            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                            iov_len: buf.len(),
-                        },
-                    ];
-                    // SAFETY: both iovecs point into live, writable buffers of the given length.
-                    let n = unsafe { libc::readv(file.as_raw_fd(), iov.as_ptr(), 2) };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else if (n as usize) < VNET_HDR_LEN {
-                        self.stats.offload_rx_bad += 1;
-                        continue;
-                    } else {
-                        let n = n as usize - VNET_HDR_LEN;
-                        let hdr = VnetHdr::parse(&hdr);
-                        if hdr.gso_type != GSO_NONE {
-                            self.stats.offload_rx_super += 1;
-                        }
-                        if complete_checksum(&mut buf[..n], &hdr).is_err() {
+                    let read = (&*file)
+                        .read_vectored(&mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)]);
+                    match read {
+                        Err(e) => Err(e),
+                        Ok(n) if n < VNET_HDR_LEN => {
                             self.stats.offload_rx_bad += 1;
                             continue;
                         }
-                        Ok(n)
+                        Ok(n) => {
+                            let n = n - VNET_HDR_LEN;
+                            let hdr = VnetHdr::parse(&hdr);
+                            if hdr.gso_type != GSO_NONE {
+                                self.stats.offload_rx_super += 1;
+                            }
+                            if complete_checksum(&mut buf[..n], &hdr).is_err() {
+                                self.stats.offload_rx_bad += 1;
+                                continue;
+                            }
+                            Ok(n)
+                        }
                     }
                 }
             };
